@@ -1,0 +1,146 @@
+"""Harmonization of one preprocessed image (eq. 4 and section 3.5), and the model file.
+
+x_har = E2I(D(x_src)): the source's edge map conditions the rectified flow,
+which is integrated over the whole volume; the refinement module then pulls
+the result towards the source. A trained model is one ``.pt`` file (weights of
+the EMA network, its config, the target-domain histogram) plus a JSON model
+card beside it that records the file's sha256. Knows nothing of BIDS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .baselines import histogram_matching
+from .edges import canny_edges
+from .errors import BHDInputError
+from .flow import from_flow_space, sample, to_flow_space
+from .model import EdgeToImageUNet, UNetConfig, coordinate_grid
+from .refinement import refine
+
+DEFAULT_MODEL_NAME = "bhd_default.pt"
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU; ``cuda`` without a GPU is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BHDInputError("--device cuda: no CUDA GPU is visible; use --device cpu or auto")
+    return torch.device(name)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def default_model_path() -> Path:
+    return Path(str(resources.files("bhd_app") / "data" / "models" / DEFAULT_MODEL_NAME))
+
+
+@dataclass
+class HarmonizationModel:
+    """A loaded edge-to-image model with what harmonization needs beside the network."""
+
+    net: EdgeToImageUNet
+    parameterization: str
+    target_quantiles: np.ndarray
+    card: dict
+    path: Path
+    sha256: str
+    device: torch.device
+
+
+def save_model(path: Path, net: EdgeToImageUNet, parameterization: str, target_quantiles: np.ndarray,
+               card: dict) -> dict:
+    """Write the model file and its card (``path`` with ``.json``); returns the card with the sha256."""
+    path = Path(path)
+    state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    torch.save({"state_dict": state, "unet": json.dumps(net.config.to_dict()),
+                "parameterization": parameterization,
+                "target_quantiles": torch.from_numpy(np.asarray(target_quantiles, np.float32))}, path)
+    card = dict(card, file=path.name, sha256=sha256_of(path), unet=net.config.to_dict(),
+                parameterization=parameterization)
+    path.with_suffix(".json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    return card
+
+
+def load_model(path: Path | None = None, device: torch.device | str = "cpu") -> HarmonizationModel:
+    """Load a model file, checking its sha256 against the model card beside it (weights only, no pickle)."""
+    path = Path(path) if path else default_model_path()
+    card_path = path.with_suffix(".json")
+    if not path.exists():
+        raise BHDInputError(f"{path}: model file not found; pass --model PATH or reinstall bhd")
+    if not card_path.exists():
+        raise BHDInputError(f"{card_path}: model card missing next to the model file; keep the .json with the .pt")
+    try:
+        card = json.loads(card_path.read_text())
+    except json.JSONDecodeError as err:
+        raise BHDInputError(f"{card_path}: model card is not valid JSON ({err.msg}); restore it") from None
+    digest = sha256_of(path)
+    if digest != card.get("sha256"):
+        raise BHDInputError(f"{path}: sha256 {digest[:12]}... does not match the model card "
+                            f"({str(card.get('sha256'))[:12]}...); the file is damaged or tampered with, restore it")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling problem is a bad file
+        raise BHDInputError(f"{path}: not a loadable bhd model ({type(err).__name__}); restore it") from None
+    device = torch.device(device)
+    net = EdgeToImageUNet(UNetConfig.from_dict(json.loads(blob["unet"])))
+    net.load_state_dict(blob["state_dict"])
+    net = net.to(device).eval()
+    if device.type == "cpu":
+        net = net.to(memory_format=torch.channels_last_3d)
+    return HarmonizationModel(net, blob["parameterization"], blob["target_quantiles"].numpy(), card, path,
+                              digest, device)
+
+
+def generate(model: HarmonizationModel, edge_map: np.ndarray, *, steps: int = 4, method: str = "midpoint",
+             start_time: float = 0.0, start_image: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+    """The edge-to-image output for a whole volume (eq. 4), in [0, 1] on the grid of ``edge_map``."""
+    device = model.device
+    cond = torch.cat([torch.from_numpy(edge_map.astype(np.float32))[None], coordinate_grid(edge_map.shape)])[None]
+    cond = cond.to(device)
+    if device.type == "cpu":
+        cond = cond.contiguous(memory_format=torch.channels_last_3d)
+    start = None
+    if start_image is not None:
+        start = to_flow_space(torch.from_numpy(start_image.astype(np.float32)))[None, None].to(device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    x1 = sample(model.net, cond, model.parameterization, steps=steps, method=method, start_time=start_time,
+                start_image=start, generator=generator, autocast=device.type == "cuda")
+    return from_flow_space(x1)[0, 0].float().cpu().numpy()
+
+
+def harmonize(model: HarmonizationModel, source: np.ndarray, mask: np.ndarray, *, steps: int = 4,
+              method: str = "midpoint", start_time: float = 0.0, start_from: str = "histmatch",
+              refinement: str = "ncc", refine_step: float = 0.02, refine_iterations: int = 6,
+              refine_region: str = "brain", seed: int = 0) -> dict[str, np.ndarray | list]:
+    """Harmonize a preprocessed source image (on the grid, [0, 1], zero outside ``mask``).
+
+    Returns the edge map, the edge-to-image output (``generated``), the refined
+    image (``harmonized``) and the refinement's similarity history.
+    ``start_from`` picks the image mixed into x_t0 when ``start_time`` > 0:
+    ``histmatch`` (the source matched to the target histogram) or ``source``.
+    """
+    edge_map, _ = canny_edges(source)
+    start_image = None
+    if start_time > 0:
+        start_image = histogram_matching(source, mask, model.target_quantiles) if start_from == "histmatch" else source
+    generated = generate(model, edge_map, steps=steps, method=method, start_time=start_time,
+                         start_image=start_image, seed=seed)
+    generated[mask == 0] = 0
+    harmonized, history = refine(generated, source, mask, refinement, refine_step, refine_iterations, refine_region)
+    harmonized[mask == 0] = 0
+    return {"edge_map": edge_map, "generated": generated, "harmonized": harmonized, "refinement_history": history}
