@@ -230,8 +230,8 @@ def _render_tissues(anatomy: Anatomy, protocol: Protocol, world_to_anatomy: np.n
 
 
 def acquire(anatomy: Anatomy, protocol: Protocol, seed: int,
-            fov_mm: tuple[float, float, float] = (176.0, 216.0, 200.0)) -> tuple[np.ndarray, np.ndarray]:
-    """Scan a subject: returns (int16 image, voxel->world affine) as the scanner stores it.
+            fov_mm: tuple[float, float, float] = (160.0, 200.0, 184.0)) -> tuple[np.ndarray, np.ndarray]:
+    """Scan a subject: returns (8-bit image, voxel->world affine) as the scanner stores it.
 
     ``fov_mm`` is the field of view along R, A, S; the array axes follow ``protocol.orientation``.
     """
@@ -248,8 +248,8 @@ def acquire(anatomy: Anatomy, protocol: Protocol, seed: int,
     wm_signal = tissue_signal(protocol)["wm"] if protocol.suffix == "T1w" else tissue_signal(protocol)["csf"] * 0.5
     sigma = protocol.noise * wm_signal
     image = np.hypot(image + sigma * rng.standard_normal(shape), sigma * rng.standard_normal(shape))
-    scale = 1000.0 / np.percentile(image, 99.5)
-    return np.clip(image * scale, 0, 32767).astype(np.int16), voxel_affine
+    scale = 250.0 / np.percentile(image, 99.9)
+    return np.clip(np.rint(image * scale), 0, 255).astype(np.uint8), voxel_affine
 
 
 def normalize_percentile(image: np.ndarray, mask: np.ndarray, low: float = 1.0, high: float = 99.0) -> np.ndarray:
