@@ -1,0 +1,100 @@
+"""The ``bhd-app`` command line (BIDS-Apps convention, options after fMRIPrep/MRIQC)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from .. import __version__
+
+DEFAULTS_T1W = {"start_time": 0.5, "refinement": "ncc"}
+DEFAULTS_CONTRAST_CONVERSION = {"start_time": 0.0, "refinement": "none"}
+
+
+def _existing_dir(value: str) -> Path:
+    path = Path(value).expanduser().absolute()
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value}: no such directory")
+    return path
+
+
+def _existing_file(value: str) -> Path:
+    path = Path(value).expanduser().absolute()
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{value}: no such file")
+    return path
+
+
+def _unit_interval(value: str) -> float:
+    x = float(value)
+    if not 0.0 <= x < 1.0:
+        raise argparse.ArgumentTypeError(f"{value}: must be in [0, 1)")
+    return x
+
+
+def _positive_int(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be a positive integer")
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; paths and numbers are checked here, before any work starts."""
+    p = argparse.ArgumentParser(
+        prog="bhd-app",
+        description="bhd: BlindHarmonyDiff blind harmonization of T1-weighted brain MRI, as a BIDS App.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("bids_dir", type=_existing_dir, help="the input BIDS dataset")
+    p.add_argument("output_dir", type=lambda v: Path(v).expanduser().absolute(),
+                   help="the derivatives folder (created if missing)")
+    p.add_argument("analysis_level", choices=("participant", "group"),
+                   help="participant: harmonize each image; group: site-effect report over participants")
+    p.add_argument("--version", action="version", version=f"bhd {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+
+    g = p.add_argument_group("selecting inputs")
+    g.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
+                   help="subjects to process, with or without 'sub-' (default: all)")
+    g.add_argument("--session-label", nargs="+", metavar="LABEL", help="sessions to process (default: all)")
+    g.add_argument("--bids-filter-file", type=_existing_file, metavar="FILE",
+                   help="JSON with pybids filters per contrast, e.g. {\"t1w\": {\"acquisition\": \"mprage\"}}")
+    g.add_argument("--contrasts", nargs="+", choices=("T1w", "T2w"), default=["T1w"],
+                   help="input contrasts; T2w runs as contrast conversion to the T1w target")
+    g.add_argument("--skip-bids-validation", action="store_true", help="do not validate the input dataset")
+
+    g = p.add_argument_group("harmonization")
+    g.add_argument("--method", choices=("bhd", "histmatch", "none"), default="bhd",
+                   help="bhd (BlindHarmonyDiff), histmatch (histogram matching to the target domain), "
+                        "none (preprocessing only)")
+    g.add_argument("--model", type=_existing_file, help="model file (.pt with its .json card); default: shipped")
+    g.add_argument("--steps", type=_positive_int, default=2, help="ODE solver steps")
+    g.add_argument("--solver", default="midpoint", choices=("euler", "midpoint", "rk4", "dopri5"),
+                   help="torchdiffeq method (paper: midpoint)")
+    g.add_argument("--start-time", type=_unit_interval,
+                   help="flow start t0: 0 is pure noise (paper); t0>0 starts from the noised, histogram-matched "
+                        f"source (default {DEFAULTS_T1W['start_time']} for T1w, 0 for T2w)")
+    g.add_argument("--start-from", choices=("histmatch", "source"), default="histmatch",
+                   help="the image mixed into the start when --start-time > 0")
+    g.add_argument("--refinement", choices=("ncc", "mi", "none"),
+                   help="refinement objective (default: ncc for T1w, none for contrast conversion)")
+    g.add_argument("--refine-step", type=float, default=0.02, help="refinement step (paper: 0.02)")
+    g.add_argument("--refine-iterations", type=int, default=6, help="refinement iterations (paper: 6)")
+    g.add_argument("--refine-region", choices=("brain", "volume"), default="brain")
+    g.add_argument("--brain-extraction", choices=("auto", "deepbet", "template", "none"), default="auto",
+                   help="auto: deepbet for T1w heads, template-based otherwise")
+
+    g = p.add_argument_group("performance and execution")
+    g.add_argument("-w", "--work-dir", type=lambda v: Path(v).expanduser().absolute(),
+                   help="work folder (node cache; default: ./work)")
+    g.add_argument("--nprocs", "--n-cpus", type=_positive_int, default=os.cpu_count() or 1,
+                   help="jobs run in parallel")
+    g.add_argument("--omp-nthreads", type=_positive_int, help="threads per job (default: nprocs / jobs, >= 1)")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when present")
+    g.add_argument("--seed", type=int, default=0, help="random seed (noise, registration)")
+    g.add_argument("--plugin", default=None, help="nipype plugin: Linear, MultiProc, SLURM, SGE, PBS, ...")
+    g.add_argument("--plugin-args", default=None,
+                   help="JSON object of nipype plugin arguments, e.g. '{\"sbatch_args\": \"-p short\"}'")
+    g.add_argument("--force", action="store_true", help="redo jobs whose derivatives are already complete")
+    return p

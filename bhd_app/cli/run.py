@@ -1,0 +1,151 @@
+"""``bhd-app``: parse, configure, run. User-fixable problems end as one line and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .. import __version__
+from ..errors import BHDInputError
+from .parser import DEFAULTS_CONTRAST_CONVERSION, DEFAULTS_T1W, build_parser
+
+LOGGER = logging.getLogger("bhd")
+EXIT_INPUT_ERROR = 2
+EXIT_JOBS_FAILED = 1
+
+
+def harmonization_settings(args, suffix: str) -> dict:
+    """The settings of one job: the user's options, with contrast-dependent defaults (section 4.8)."""
+    defaults = DEFAULTS_T1W if suffix == "T1w" else DEFAULTS_CONTRAST_CONVERSION
+    return {
+        "method": args.method,
+        "model": str(args.model) if args.model else None,
+        "steps": args.steps,
+        "method_ode": args.solver,
+        "start_time": defaults["start_time"] if args.start_time is None else args.start_time,
+        "start_from": args.start_from,
+        "refinement": defaults["refinement"] if args.refinement is None else args.refinement,
+        "refine_step": args.refine_step,
+        "refine_iterations": args.refine_iterations,
+        "refine_region": args.refine_region,
+        "brain_extraction": args.brain_extraction,
+        "seed": args.seed,
+    }
+
+
+def check_inputs(jobs) -> tuple[list, list[tuple[object, str]]]:
+    """Open every input once (cheap checks) so that a bad file fails alone, with a one-line message."""
+    from ..preprocessing import load_anatomical
+
+    good, bad = [], []
+    for job in jobs:
+        try:
+            load_anatomical(job.path)
+            good.append(job)
+        except BHDInputError as err:
+            bad.append((job, str(err)))
+    return good, bad
+
+
+def run_participant(args) -> int:
+    from ..bids import check_output_dir, collect_jobs, load_bids_filters, load_layout, write_dataset_description
+    from ..derivatives import job_is_complete
+    from ..harmonize import load_model, select_device
+    from ..workflows import init_participant_wf
+
+    work_dir = args.work_dir or Path.cwd() / "work"
+    check_output_dir(args.bids_dir, args.output_dir, work_dir)
+    if not args.skip_bids_validation:
+        _validate_input(args.bids_dir)
+    layout = load_layout(args.bids_dir, database_dir=work_dir / "pybids")
+    filters = load_bids_filters(args.bids_filter_file) if args.bids_filter_file else None
+    jobs = collect_jobs(layout, args.participant_label, args.session_label, filters, suffixes=tuple(args.contrasts))
+    select_device(args.device)
+    if args.method != "none":
+        load_model(args.model, "cpu")  # checks the model file and its sha256 once, before any job starts
+    todo = [j for j in jobs if args.force or not job_is_complete(args.output_dir, j)]
+    for job in jobs:
+        if job not in todo:
+            LOGGER.info("%s: derivatives complete, skipped (use --force to redo)", job.name)
+    todo, failed = check_inputs(todo)
+    write_dataset_description(args.output_dir, args.bids_dir, __version__)
+    if todo:
+        nprocs = min(args.nprocs, len(todo))
+        omp = args.omp_nthreads or max(args.nprocs // nprocs, 1)
+        settings = {suffix: harmonization_settings(args, suffix) for suffix in args.contrasts}
+        wf = init_participant_wf(todo, args.output_dir, args.bids_dir, work_dir, settings, args.device, omp)
+        crash_dir = args.output_dir / "logs"
+        wf.config["execution"].update({"crashdump_dir": str(crash_dir), "crashfile_format": "txt",
+                                       "stop_on_first_crash": False, "remove_unnecessary_outputs": False})
+        plugin = args.plugin or ("MultiProc" if nprocs > 1 else "Linear")
+        plugin_args = json.loads(args.plugin_args) if args.plugin_args else {}
+        if plugin == "MultiProc":
+            plugin_args.setdefault("n_procs", nprocs)
+            plugin_args.setdefault("raise_insufficient", False)
+        try:
+            wf.run(plugin=plugin, plugin_args=plugin_args)
+        except RuntimeError as err:
+            LOGGER.debug("nipype: %s", err)
+        for job in todo:
+            if not job_is_complete(args.output_dir, job):
+                failed.append((job, _crash_message(crash_dir, job) or "failed; see the crash files in " + str(crash_dir)))
+    done = [j for j in jobs if job_is_complete(args.output_dir, j)]
+    print(f"bhd: {len(done)} of {len(jobs)} jobs complete in {args.output_dir}")
+    for job, message in failed:
+        print(f"bhd: FAILED {job.name}: {message}", file=sys.stderr)
+    return EXIT_JOBS_FAILED if failed else 0
+
+
+def _crash_message(crash_dir: Path, job) -> str | None:
+    """The last line of the newest crash file of a job's nodes (the user-facing error when there is one)."""
+    tag = job.name.replace("-", "_")
+    crashes = sorted(crash_dir.glob(f"crash-*{tag}*.txt"), key=os.path.getmtime) if crash_dir.exists() else []
+    for crash in reversed(crashes):
+        lines = [ln.strip() for ln in crash.read_text(errors="replace").splitlines() if ln.strip()]
+        for line in reversed(lines):
+            if "BHDInputError:" in line:
+                return line.split("BHDInputError:", 1)[1].strip()
+        if lines:
+            return f"{lines[-1]} (crash file: {crash})"
+    return None
+
+
+def _validate_input(bids_dir: Path) -> None:
+    from ..bids import BIDSValidatorMissing, run_bids_validator
+
+    try:
+        ok, summary = run_bids_validator(bids_dir)
+    except BIDSValidatorMissing:
+        LOGGER.warning("bids-validator-deno is not installed: input validation skipped")
+        return
+    if not ok:
+        raise BHDInputError(f"{bids_dir}: the BIDS validator found errors ({summary.splitlines()[0]}); "
+                            "fix them or pass --skip-bids-validation")
+
+
+def run_group(args) -> int:
+    from ..group import run_group_level
+
+    return run_group_level(args.bids_dir, args.output_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    if args.verbose < 2:
+        logging.getLogger("nipype.workflow").setLevel(logging.WARNING)
+    try:
+        if args.analysis_level == "participant":
+            return run_participant(args)
+        return run_group(args)
+    except BHDInputError as err:
+        print(f"bhd-app: error: {err}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Visual reports: self-contained HTML pages with matplotlib figures embedded as PNG data URIs.
+
+No network resources: every picture is inline, the style is in the page.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
+h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}
+img{max-width:100%}.bad{color:#b00}"""
+
+
+def figure_to_data_uri(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def html_page(title: str, body: str) -> str:
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n")
+
+
+def _site_histograms(records: list[dict]) -> str:
+    sites = sorted({r["scanner"] for r in records})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    bins = np.linspace(0, 1, 65)
+    colors = plt.cm.tab10(np.linspace(0, 1, 10))
+    for ax, key, title in zip(axes, ("before", "after"), ("before harmonization", "after harmonization")):
+        for k, site in enumerate(sites):
+            values = np.concatenate([r[key] for r in records if r["scanner"] == site])
+            ax.hist(values, bins=bins, density=True, histtype="step", lw=1.6, color=colors[k % 10], label=site)
+        ax.set_title(title)
+        ax.set_xlabel("normalized intensity in the brain")
+    axes[0].set_ylabel("density")
+    axes[1].legend(fontsize=7)
+    return figure_to_data_uri(fig)
+
+
+def _median_plot(records: list[dict]) -> str:
+    sites = sorted({r["scanner"] for r in records})
+    fig, ax = plt.subplots(figsize=(11, 3.2))
+    for k, site in enumerate(sites):
+        rs = [r for r in records if r["scanner"] == site]
+        for dx, key, marker in ((-0.12, "before", "o"), (0.12, "after", "s")):
+            ys = [np.median(r[key]) for r in rs]
+            ax.scatter([k + dx] * len(ys), ys, marker=marker, label=key if k == 0 else None,
+                       color="tab:red" if key == "before" else "tab:blue")
+    ax.set_xticks(range(len(sites)), sites, rotation=15, fontsize=8)
+    ax.set_ylabel("median brain intensity")
+    ax.legend()
+    return figure_to_data_uri(fig)
+
+
+def group_report_html(records: list[dict], separability_before: float, separability_after: float,
+                      failed: list[str]) -> str:
+    """The group report: per-scanner intensity distributions before and after, separability, failures."""
+    rows = "".join(
+        f"<tr><td style='text-align:left'>{html.escape(r['job'])}</td><td style='text-align:left'>"
+        f"{html.escape(r['scanner'])}</td><td>{html.escape(r['method'])}</td>"
+        f"<td>{np.median(r['before']):.3f}</td><td>{np.median(r['after']):.3f}</td></tr>" for r in records)
+    failed_html = ("<p>None.</p>" if not failed else
+                   "<ul>" + "".join(f"<li class='bad'>{html.escape(f)}</li>" for f in failed) + "</ul>")
+    body = (
+        f"<p>{len(records)} harmonized images from {len({r['scanner'] for r in records})} scanners.</p>"
+        "<h2>Site separability</h2>"
+        "<p>Mean pairwise Wasserstein-1 distance between the scanners' pooled brain intensity distributions "
+        "(lower: sites harder to tell apart).</p>"
+        f"<table><tr><th>before</th><th>after</th></tr><tr><td>{separability_before:.4f}</td>"
+        f"<td>{separability_after:.4f}</td></tr></table>"
+        f"<h2>Intensity distributions per scanner</h2><img alt='histograms' src='{_site_histograms(records)}'>"
+        f"<h2>Median brain intensity per image</h2><img alt='medians' src='{_median_plot(records)}'>"
+        "<h2>Images</h2><table><tr><th>job</th><th>scanner</th><th>method</th><th>median before</th>"
+        f"<th>median after</th></tr>{rows}</table>"
+        f"<h2>Failed jobs (crash files in logs/)</h2>{failed_html}")
+    return html_page("bhd group report", body)

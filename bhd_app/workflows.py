@@ -1,0 +1,175 @@
+"""The participant level as nipype workflows: one small workflow per job (subject/session/image).
+
+    preprocess -> harmonize -> to_native -> derivatives
+
+Each node runs a plain function of this package in its own folder of the work
+directory, so nipype caches finished nodes (a re-run resumes) and runs jobs in
+parallel (MultiProc) or on a cluster scheduler (SLURM, SGE, PBS plugins).
+The node functions import what they need inside their bodies, as nipype's
+Function interface requires.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from nipype.interfaces.utility import Function
+from nipype.pipeline import engine as pe
+
+from .bids import Job
+
+
+def run_preprocessing(in_file: str, brain_extraction: str, seed: int, omp_nthreads: int):
+    """Node: preprocess one anatomical image onto the harmonization grid (section 4.1)."""
+    import json
+    import os
+
+    import nibabel as nib
+
+    from bhd_app.preprocessing import preprocess
+    from bhd_app.templates import harmonization_grid
+
+    cwd = os.getcwd()
+    pre = preprocess(in_file, cwd, brain_extraction=brain_extraction, seed=seed, n_threads=omp_nthreads)
+    grid = harmonization_grid()
+    preproc_file = os.path.join(cwd, "preproc.nii.gz")
+    mask_file = os.path.join(cwd, "brain_mask.nii.gz")
+    native_mask_file = os.path.join(cwd, "native_brain_mask.nii.gz")
+    nib.save(nib.Nifti1Image(pre.image.astype("float32"), grid.affine), preproc_file)
+    nib.save(nib.Nifti1Image(pre.brain_mask.astype("uint8"), grid.affine), mask_file)
+    nib.save(pre.native_brain_mask, native_mask_file)
+    info_file = os.path.join(cwd, "preprocessing.json")
+    with open(info_file, "w") as f:
+        json.dump({"timings": pre.timings, "settings": pre.settings}, f, indent=2, default=str)
+    return preproc_file, mask_file, str(pre.transform_path), native_mask_file, info_file
+
+
+def run_harmonization(preproc_file: str, mask_file: str, settings: dict, device: str, omp_nthreads: int):
+    """Node: harmonize the preprocessed image with the chosen method (bhd, histmatch or none)."""
+    import json
+    import os
+    import time
+
+    import nibabel as nib
+    import numpy as np
+    import torch
+
+    from bhd_app.baselines import histogram_matching
+    from bhd_app.edges import canny_edges
+    from bhd_app.harmonize import harmonize, load_model, select_device
+
+    torch.set_num_threads(max(int(omp_nthreads), 1))
+    cwd = os.getcwd()
+    img = nib.load(preproc_file)
+    source = np.asarray(img.dataobj, dtype=np.float32)
+    mask = np.asarray(nib.load(mask_file).dataobj) > 0
+    start = time.monotonic()
+    method = settings["method"]
+    model = load_model(settings.get("model"), select_device(device)) if method != "none" else None
+    kwargs = {k: settings[k] for k in ("steps", "method_ode", "start_time", "start_from", "refinement",
+                                       "refine_step", "refine_iterations", "refine_region", "seed")}
+    kwargs["method"] = kwargs.pop("method_ode")
+    if method == "bhd":
+        result = harmonize(model, source, mask, **kwargs)
+    else:
+        edge_map, _ = canny_edges(source)
+        out = histogram_matching(source, mask, model.target_quantiles) if method == "histmatch" else source.copy()
+        result = {"edge_map": edge_map, "generated": out, "harmonized": out, "refinement_history": []}
+    files = {}
+    for key, dtype in (("harmonized", "float32"), ("generated", "float32"), ("edge_map", "uint8")):
+        files[key] = os.path.join(cwd, f"{key}.nii.gz")
+        nib.save(nib.Nifti1Image(np.asarray(result[key]).astype(dtype), img.affine), files[key])
+    info = {"model_file": str(model.path) if model else None, "model_sha256": model.sha256 if model else None,
+            "device": str(model.device) if model else "cpu",
+            "refinement_history": [round(v, 5) for v in result["refinement_history"]],
+            "seconds": round(time.monotonic() - start, 1)}
+    files["info"] = os.path.join(cwd, "harmonization.json")
+    with open(files["info"], "w") as f:
+        json.dump(info, f, indent=2)
+    return files["harmonized"], files["generated"], files["edge_map"], files["info"]
+
+
+def run_to_native(grid_file: str, xfm_file: str, in_file: str):
+    """Node: bring an image on the harmonization grid back to the subject's native grid."""
+    import os
+
+    import nibabel as nib
+    import numpy as np
+
+    from bhd_app.preprocessing import to_native
+
+    out_file = os.path.join(os.getcwd(), "native.nii.gz")
+    native = to_native(np.asarray(nib.load(grid_file).dataobj, dtype=np.float32), xfm_file, in_file)
+    nib.save(native, out_file)
+    return out_file
+
+
+def run_derivatives(job_json: str, out_dir: str, bids_dir: str, settings: dict, preproc_file: str,
+                    mask_file: str, xfm_file: str, preproc_info: str, harmonized_file: str, edges_file: str,
+                    harmonization_info: str, native_file: str):
+    """Node: write this job's BIDS derivatives (atomically) and return the path of the main output."""
+    from bhd_app.derivatives import write_job_derivatives
+
+    return write_job_derivatives(job_json, out_dir, bids_dir, settings, preproc_file, mask_file, xfm_file,
+                                 preproc_info, harmonized_file, edges_file, harmonization_info, native_file)
+
+
+def _node(function, inputs: list[str], outputs: list[str], name: str, **values) -> pe.Node:
+    node = pe.Node(Function(input_names=inputs, output_names=outputs, function=function), name=name)
+    for key, value in values.items():
+        setattr(node.inputs, key, value)
+    return node
+
+
+def init_job_wf(job: Job, out_dir: Path, bids_dir: Path, settings: dict, device: str = "auto",
+                omp_nthreads: int = 1) -> pe.Workflow:
+    """The workflow of one job: preprocessing, harmonization, native-space image, derivatives.
+
+    Example:
+        >>> from bhd_app.bids import Job
+        >>> job = Job("01", "trio", "T1w", Path("sub-01_ses-trio_T1w.nii.gz"), {}, {})
+        >>> wf = init_job_wf(job, Path("out"), Path("."), {"method": "none"})
+        >>> sorted(wf.list_node_names())
+        ['derivatives', 'harmonize', 'preprocess', 'to_native']
+    """
+    wf = pe.Workflow(name=job.name.replace("-", "_"))
+    pre = _node(run_preprocessing, ["in_file", "brain_extraction", "seed", "omp_nthreads"],
+                ["preproc_file", "mask_file", "xfm_file", "native_mask_file", "info_file"], "preprocess",
+                in_file=str(job.path), brain_extraction=settings.get("brain_extraction", "auto"),
+                seed=settings.get("seed", 0), omp_nthreads=omp_nthreads)
+    har = _node(run_harmonization, ["preproc_file", "mask_file", "settings", "device", "omp_nthreads"],
+                ["harmonized_file", "generated_file", "edges_file", "info_file"], "harmonize",
+                settings=settings, device=device, omp_nthreads=omp_nthreads)
+    nat = _node(run_to_native, ["grid_file", "xfm_file", "in_file"], ["out_file"], "to_native",
+                in_file=str(job.path))
+    job_json = json.dumps({"subject": job.subject, "session": job.session, "suffix": job.suffix,
+                           "path": str(job.path), "entities": job.entities, "metadata": job.metadata}, default=str)
+    out = _node(run_derivatives, ["job_json", "out_dir", "bids_dir", "settings", "preproc_file", "mask_file",
+                                  "xfm_file", "preproc_info", "harmonized_file", "edges_file",
+                                  "harmonization_info", "native_file"], ["out_file"], "derivatives",
+                job_json=job_json, out_dir=str(out_dir), bids_dir=str(bids_dir), settings=settings)
+    wf.connect([
+        (pre, har, [("preproc_file", "preproc_file"), ("mask_file", "mask_file")]),
+        (har, nat, [("harmonized_file", "grid_file")]),
+        (pre, nat, [("xfm_file", "xfm_file")]),
+        (pre, out, [("preproc_file", "preproc_file"), ("mask_file", "mask_file"), ("xfm_file", "xfm_file"),
+                    ("info_file", "preproc_info")]),
+        (har, out, [("harmonized_file", "harmonized_file"), ("edges_file", "edges_file"),
+                    ("info_file", "harmonization_info")]),
+        (nat, out, [("out_file", "native_file")]),
+    ])
+    return wf
+
+
+def init_participant_wf(jobs: list[Job], out_dir: Path, bids_dir: Path, work_dir: Path,
+                        settings_by_suffix: dict[str, dict], device: str = "auto",
+                        omp_nthreads: int = 1) -> pe.Workflow:
+    """All jobs side by side in one workflow (they share nothing, so they run in parallel).
+
+    ``settings_by_suffix`` holds the harmonization settings of T1w and of T2w jobs.
+    """
+    wf = pe.Workflow(name="bhd_participant_wf", base_dir=str(work_dir))
+    for job in jobs:
+        wf.add_nodes([init_job_wf(job, out_dir, bids_dir, settings_by_suffix[job.suffix], device, omp_nthreads)])
+    return wf
