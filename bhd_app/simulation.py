@@ -181,7 +181,9 @@ def make_anatomy(seed: int, lesions: int = 0, pad: int = 16, warp_mm: float = 3.
                  "skull": np.zeros_like(gm), "marrow": np.zeros_like(gm), "scalp": np.zeros_like(gm)}
     for name, (a, b) in shells.items():
         layer = out & (outside > a * thickness) & (outside <= b * thickness)
-        fractions["skull" if name == "skull2" else name][layer] = 1.0
+        # The CSF rim fills what the brain's partial-volume voxels leave, so that fractions sum to 1.
+        fill = 1.0 - (gm + wm + lesion)[layer] if name == "csf" else 1.0
+        fractions["skull" if name == "skull2" else name][layer] = fill
     texture = 1.0 + _smooth_field(rng, brain.shape, 1.5, 0.04)
     theta = rng.uniform(-8, 8, 3) * np.pi / 180
     subject_affine = _rotation(theta)
