@@ -1,0 +1,188 @@
+"""Tests of bhd_app.harmonize: the model file and card, device choice, generation and harmonization (eq. 4).
+
+The networks are small untrained U-Nets with seeded random weights; the images are the session's simulated
+subject rendered on a coarse 32^3 grid (conftest ``small_grid``).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bhd_app import simulation
+from bhd_app.baselines import histogram_matching, target_quantiles
+from bhd_app.errors import BHDInputError
+from bhd_app.flow import from_flow_space, to_flow_space
+from bhd_app.metrics import ncc
+from bhd_app.harmonize import (HarmonizationModel, generate, harmonize, load_model, save_model, select_device,
+                               sha256_of)
+from bhd_app.model import EdgeToImageUNet, UNetConfig
+
+
+def random_net(seed: int = 0, zero_head: bool = False) -> EdgeToImageUNet:
+    """A width-4 U-Net with seeded weights; the head is randomized too unless ``zero_head`` (zero velocity)."""
+    torch.manual_seed(seed)
+    net = EdgeToImageUNet(UNetConfig(base_width=4, time_dim=16))
+    if not zero_head:
+        torch.nn.init.normal_(net.head.weight, std=0.5)
+    return net.eval()
+
+
+def in_memory(net: EdgeToImageUNet, parameterization: str = "velocity",
+              quantiles: np.ndarray | None = None) -> HarmonizationModel:
+    q = np.linspace(0, 1, 11, dtype=np.float32) if quantiles is None else quantiles
+    return HarmonizationModel(net, parameterization, q, {}, None, "", torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def small_subject(anatomy, small_grid):
+    """The simulated subject on the 32^3 grid: target (trio3t) and source (vision15t) images, brain mask."""
+    trio, mask = simulation.render_on_grid(anatomy, simulation.PROTOCOLS["trio3t"], 1, small_grid)
+    vision, _ = simulation.render_on_grid(anatomy, simulation.PROTOCOLS["vision15t"], 2, small_grid)
+    return {"trio3t": trio, "vision15t": vision, "mask": mask}
+
+
+@pytest.fixture
+def saved(tmp_path):
+    net = random_net(1)
+    quantiles = np.linspace(0.0, 1.0, 101, dtype=np.float32) ** 2
+    path = tmp_path / "model.pt"
+    card = save_model(path, net, "image", quantiles, {"name": "test", "steps": 0})
+    return path, net, quantiles, card
+
+
+def edge_cube(n: int = 16) -> np.ndarray:
+    e = np.zeros((n, n, n), np.uint8)
+    e[4:12, 4:12, [4, 11]] = 1
+    e[4:12, [4, 11], 4:12] = 1
+    return e
+
+
+def test_save_writes_a_card_with_the_sha256(saved):
+    path, net, _, card = saved
+    on_disk = json.loads(path.with_suffix(".json").read_text())
+    assert on_disk == json.loads(json.dumps(card))  # the returned card has tuples where JSON has lists
+    assert card["sha256"] == sha256_of(path) and len(card["sha256"]) == 64
+    assert card["file"] == "model.pt" and card["name"] == "test" and card["parameterization"] == "image"
+    assert UNetConfig.from_dict(card["unet"]) == net.config
+
+
+def test_load_round_trip_reproduces_the_output(saved):
+    path, net, quantiles, card = saved
+    model = load_model(path)
+    assert model.parameterization == "image" and model.sha256 == card["sha256"]
+    assert model.card == json.loads(json.dumps(card))
+    np.testing.assert_array_equal(model.target_quantiles, quantiles)
+    for k, v in net.state_dict().items():
+        assert torch.equal(model.net.state_dict()[k], v), k
+    edge_map = edge_cube()
+    recorded = generate(in_memory(net, "image"), edge_map, steps=2, seed=3)  # before saving: the reference
+    out = generate(model, edge_map, steps=2, seed=3)
+    np.testing.assert_allclose(out, recorded, atol=1e-5)
+    # Loaded twice, generated twice with the same seed: identical; another seed differs.
+    again = generate(load_model(path), edge_map, steps=2, seed=3)
+    np.testing.assert_array_equal(again, out)
+    assert np.abs(generate(model, edge_map, steps=2, seed=4) - out).max() > 0.01
+    assert out.shape == edge_map.shape and out.dtype == np.float32
+    assert out.min() >= 0 and out.max() <= 1 and out.std() > 0.01
+
+
+def test_tampered_model_file_is_refused(saved):
+    path = saved[0]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(BHDInputError, match="sha256"):
+        load_model(path)
+
+
+def test_missing_or_broken_card_is_refused(saved):
+    path = saved[0]
+    card = path.with_suffix(".json")
+    text = card.read_text()
+    card.write_text(text[: len(text) // 2])
+    with pytest.raises(BHDInputError, match="not valid JSON"):
+        load_model(path)
+    card.unlink()
+    with pytest.raises(BHDInputError, match="card missing"):
+        load_model(path)
+
+
+def test_missing_model_file_is_refused(tmp_path):
+    with pytest.raises(BHDInputError, match="not found"):
+        load_model(tmp_path / "nothing.pt")
+
+
+def test_unloadable_file_with_matching_card_is_refused(tmp_path):
+    """A file that matches its card but is no model (a pickle of arbitrary code is never unpickled)."""
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"not a torch file")
+    path.with_suffix(".json").write_text(json.dumps({"sha256": sha256_of(path)}))
+    with pytest.raises(BHDInputError, match="not a loadable"):
+        load_model(path)
+
+
+def test_select_device():
+    assert select_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert select_device("auto").type == expected
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is visible")
+def test_select_cuda_without_gpu_is_a_user_error():
+    with pytest.raises(BHDInputError, match="no CUDA GPU"):
+        select_device("cuda")
+
+
+def test_harmonize_on_a_small_grid(small_subject):
+    source, mask = small_subject["vision15t"], small_subject["mask"]
+    assert source.shape == (32, 32, 32) and mask.sum() > 2000
+    model = in_memory(random_net(2))
+    out = harmonize(model, source, mask, steps=2, seed=0)
+    assert out["edge_map"].shape == source.shape and set(np.unique(out["edge_map"])) == {0, 1}
+    for key in ("generated", "harmonized"):
+        image = out[key]
+        assert image.shape == source.shape and image.dtype == np.float32
+        assert image.min() >= 0 and image.max() <= 1
+        assert (image[mask == 0] == 0).all()
+        assert image[mask > 0].std() > 0.01
+    history = out["refinement_history"]
+    assert len(history) == 7 and history[-1] > history[0]
+    # The refinement pulls the generated image towards the source.
+    assert ncc(out["harmonized"], source, mask) > ncc(out["generated"], source, mask)
+    again = harmonize(model, source, mask, steps=2, seed=0)
+    np.testing.assert_array_equal(again["harmonized"], out["harmonized"])
+
+
+def test_harmonize_without_refinement_returns_the_generated_image(small_subject):
+    source, mask = small_subject["vision15t"], small_subject["mask"]
+    out = harmonize(in_memory(random_net(3)), source, mask, steps=2, refinement="none")
+    np.testing.assert_array_equal(out["harmonized"], out["generated"])
+    assert out["refinement_history"] == []
+
+
+@pytest.mark.parametrize("start_from", ["histmatch", "source"])
+def test_start_time_mixes_the_start_image_into_the_noise(small_subject, start_from):
+    """With a zero velocity (untrained, zero head) the output is x_t0 = t0 * start + (1 - t0) * noise.
+
+    The start image is the source matched to the model's target quantiles (``histmatch``) or the source itself.
+    """
+    source, mask, target = small_subject["vision15t"], small_subject["mask"], small_subject["trio3t"]
+    quantiles = target_quantiles([target], [mask])
+    model = in_memory(random_net(4, zero_head=True), quantiles=quantiles)
+    out = harmonize(model, source, mask, steps=2, start_time=0.7, start_from=start_from, refinement="none", seed=5)
+    start = histogram_matching(source, mask, quantiles) if start_from == "histmatch" else source
+    noise = torch.randn((1, 1, *source.shape), generator=torch.Generator().manual_seed(5))[0, 0]
+    expected = from_flow_space(0.7 * to_flow_space(torch.from_numpy(start)) + 0.3 * noise).numpy()
+    expected[mask == 0] = 0
+    np.testing.assert_allclose(out["generated"], expected, atol=1e-6)
+
+
+def test_generate_from_an_edge_map_is_edge_dependent():
+    model = in_memory(random_net(5))
+    a = generate(model, edge_cube(), steps=2, seed=0)
+    b = generate(model, np.zeros((16, 16, 16), np.uint8), steps=2, seed=0)
+    assert np.abs(a - b).max() > 0.01

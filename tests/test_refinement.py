@@ -1,0 +1,129 @@
+"""Tests of bhd_app.refinement: gradient ascent on NCC / MI with the source image (section 3.5).
+
+The "generated" images stand in for the edge-to-image output: the session's simulated target-domain (trio3t)
+render, blurred or with its histogram distorted; the source is the same anatomy under the large-gap source
+protocol (vision15t).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from bhd_app import metrics
+from bhd_app.refinement import OBJECTIVES, mi_gradient, ncc_gradient, refine
+
+# A 14 x 14 x 14 block inside the brain for the (slow, Parzen-window) MI objective.
+MI_BLOCK = (slice(57, 71), slice(73, 87), slice(61, 75))
+
+
+@pytest.fixture(scope="module")
+def images(subject):
+    target, source, mask = subject.image("trio3t"), subject.image("vision15t"), subject.mask
+    blurred = ndimage.gaussian_filter(target, 1.5)
+    blurred[mask == 0] = 0
+    return {"blurred": blurred, "distorted": target**3, "source": source, "mask": mask}
+
+
+@pytest.mark.parametrize("kind", ["blurred", "distorted"])
+def test_ncc_increases_monotonically(images, kind):
+    generated, source, mask = images[kind], images["source"], images["mask"]
+    before = metrics.ncc(generated, source, mask)
+    out, history = refine(generated, source, mask, "ncc")
+    assert len(history) == 7  # before each of the 6 iterations and after the last
+    assert history[0] == pytest.approx(before, abs=1e-6)
+    assert all(b > a for a, b in zip(history, history[1:])), history
+    # The history agrees with the metric computed afresh on the returned image.
+    assert metrics.ncc(out, source, mask) == pytest.approx(history[-1], abs=1e-5)
+    assert history[-1] > before + 0.05
+
+
+def test_refinement_stays_in_range_and_in_the_brain(images):
+    generated, source, mask = images["distorted"], images["source"], images["mask"]
+    assert generated[mask > 0].min() == 0 and generated[mask > 0].max() == 1  # values at both bounds
+    out, _ = refine(generated, source, mask, "ncc", step=0.2)
+    assert out.dtype == np.float32 and out.shape == generated.shape
+    assert out.min() >= 0 and out.max() <= 1
+    np.testing.assert_array_equal(out[mask == 0], generated[mask == 0])
+    assert np.abs(out - generated)[mask > 0].max() > 0.1
+    # region="volume" updates the whole grid (a mid-grey background, so that clipping at 0 cannot hide it).
+    background = np.where(mask > 0, generated, 0.5).astype(np.float32)
+    vol, history = refine(background, source, mask, "ncc", iterations=1, region="volume")
+    assert np.abs(vol - background)[mask == 0].max() > 0
+    assert history[1] > history[0]
+
+
+def test_step_is_the_rms_intensity_change(images):
+    """Away from the bounds, one iteration changes the region by an RMS of exactly ``step``."""
+    mask = images["mask"]
+    generated = 0.25 + 0.5 * images["blurred"]
+    out, _ = refine(generated, images["source"], mask, "ncc", step=0.02, iterations=1)
+    change = (out.astype(np.float64) - generated)[mask > 0]
+    assert np.sqrt(np.mean(change**2)) == pytest.approx(0.02, rel=1e-3)
+
+
+def test_mi_increases(images):
+    generated = images["blurred"][MI_BLOCK]
+    source = images["source"][MI_BLOCK]
+    mask = np.ones(generated.shape, np.uint8)
+    out, history = refine(generated, source, mask, "mi", iterations=4)
+    assert len(history) == 5
+    assert all(b > a for a, b in zip(history, history[1:])), history
+    assert history[-1] > history[0] + 0.2
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_mi_is_larger_for_dependent_images():
+    rng = np.random.default_rng(0)
+    x = rng.random(2000)
+    dependent, _ = mi_gradient(x, 1 - x**2)
+    independent, _ = mi_gradient(x, rng.random(2000))
+    assert dependent > 1.0 > 0.5 > independent
+
+
+def test_none_returns_the_input(images):
+    generated = images["blurred"]
+    out, history = refine(generated, images["source"], images["mask"], "none")
+    assert history == []
+    np.testing.assert_array_equal(out, generated)
+    assert out is not generated  # a copy: the caller's array is left alone
+    out0, history0 = refine(generated, images["source"], images["mask"], "ncc", iterations=0)
+    np.testing.assert_array_equal(out0, generated)
+    assert history0 == []
+
+
+def test_unknown_objective():
+    with pytest.raises(ValueError, match="unknown refinement"):
+        refine(np.zeros((4, 4, 4)), np.zeros((4, 4, 4)), np.ones((4, 4, 4)), "ssim")
+    assert OBJECTIVES == ("ncc", "mi", "none")
+
+
+def test_ncc_gradient_matches_autograd():
+    rng = np.random.default_rng(1)
+    x, s = rng.random(50), rng.random(50) + 0.3 * np.arange(50) / 50
+    value, grad = ncc_gradient(x, s)
+    xt = torch.tensor(x, requires_grad=True)
+    st = torch.tensor(s)
+    a, b = xt - xt.mean(), st - st.mean()
+    ncc = (a * b).sum() / (a.norm() * b.norm())
+    ncc.backward()
+    assert value == pytest.approx(float(ncc), abs=1e-12)
+    np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=1e-8, atol=1e-12)
+    assert np.abs(grad).max() > 1e-3
+
+
+def test_mi_gradient_matches_finite_differences():
+    rng = np.random.default_rng(2)
+    x, s = rng.random(300), rng.random(300)
+    s = 0.5 * s + 0.5 * x
+    value, grad = mi_gradient(x, s, bins=32, sigma=0.05)
+    for i in (3, 100, 250):
+        h = 1e-6
+        xp, xm = x.copy(), x.copy()
+        xp[i] += h
+        xm[i] -= h
+        fd = (mi_gradient(xp, s, bins=32, sigma=0.05)[0] - mi_gradient(xm, s, bins=32, sigma=0.05)[0]) / (2 * h)
+        assert grad[i] == pytest.approx(fd, rel=1e-3, abs=1e-9)
+    assert value > 0
