@@ -57,6 +57,31 @@ def job_is_complete(out_dir: Path, job: Job) -> bool:
     return all(p.exists() for p in needed)
 
 
+def _report(job: Job, preproc_file: str, mask_file: str, edges_file: str, generated_file: str,
+            harmonized_file: str, timings: dict, harmonization: dict) -> str:
+    import nibabel as nib
+    import numpy as np
+
+    from .metrics import ncc
+    from .reports import participant_report_html
+    from .templates import template_on_grid
+
+    def load(path):
+        return np.asarray(nib.load(path).dataobj, dtype=np.float32)
+
+    preproc, mask, harmonized = load(preproc_file), load(mask_file), load(harmonized_file)
+    facts = {"input": job.path.name, "scanner": " ".join(str(job.metadata.get(k, "")) for k in
+                                                         ("Manufacturer", "ManufacturersModelName",
+                                                          "MagneticFieldStrength")),
+             "NCC(harmonized, preprocessed) in the brain": round(ncc(harmonized, preproc, mask), 4),
+             "brain volume (mL, template space)": round(float(mask.sum()) * 1.2 * 1.2 * 1.25 / 1000, 1),
+             **{f"time: {k} (s)": round(float(v), 1) for k, v in timings.items()},
+             **{f"setting: {k}": v for k, v in harmonization.items()},
+             "software": software_versions()}
+    return participant_report_html(f"bhd: {job.name}", load(job.path), preproc, mask, template_on_grid(),
+                                   load(edges_file), load(generated_file), harmonized, facts)
+
+
 def job_from_json(text: str) -> Job:
     d = json.loads(text)
     return Job(d["subject"], d["session"], d["suffix"], Path(d["path"]), d["entities"], d["metadata"])
@@ -64,8 +89,11 @@ def job_from_json(text: str) -> Job:
 
 def write_job_derivatives(job_json: str, out_dir: str, bids_dir: str, settings: dict, preproc_file: str,
                           mask_file: str, xfm_file: str, preproc_info: str, harmonized_file: str,
-                          edges_file: str, harmonization_info: str, native_file: str) -> str:
-    """Copy a job's results into the derivatives dataset with their sidecars; returns the harmonized path."""
+                          generated_file: str, edges_file: str, harmonization_info: str, native_file: str) -> str:
+    """Copy a job's results into the derivatives dataset with their sidecars and the job's HTML report.
+
+    Returns the harmonized image's path.
+    """
     job = job_from_json(job_json)
     out_dir = Path(out_dir)
     paths = output_paths(out_dir, job)
@@ -100,6 +128,11 @@ def write_job_derivatives(job_json: str, out_dir: str, bids_dir: str, settings: 
                                  "Harmonization": harmonization}),
     }
     staged: list[tuple[Path, Path]] = []
+    report = out_dir / f"{job.name}.html"
+    report_tmp = report.with_name(f".{report.name}.tmp")
+    report_tmp.write_text(_report(job, preproc_file, mask_file, edges_file, generated_file, harmonized_file,
+                                  {**pre["timings"]}, harmonization))
+    staged.append((report_tmp, report))
     for role, (src, sidecar) in contents.items():
         final = paths[role]
         final.parent.mkdir(parents=True, exist_ok=True)

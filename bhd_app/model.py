@@ -137,6 +137,9 @@ class EdgeToImageUNet(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        factor = self.config.downsampling_factor
+        if any(s % factor for s in x.shape[2:]):
+            raise ValueError(f"spatial size {tuple(x.shape[2:])} must divide by {factor}")
         t_emb = self.time_mlp(time_embedding(t, self.config.time_dim))
         h = self.stem(x)
         skips = []

@@ -55,7 +55,7 @@ def mi_gradient(x: np.ndarray, source: np.ndarray, bins: int = 256, sigma: float
     mi.backward()
     grad = np.zeros_like(x)
     grad[idx] = xs.grad.numpy()
-    return float(mi), grad
+    return float(mi.detach()), grad
 
 
 def refine(harmonized: np.ndarray, source: np.ndarray, mask: np.ndarray, objective: str = "ncc",

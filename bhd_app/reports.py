@@ -86,3 +86,67 @@ def group_report_html(records: list[dict], separability_before: float, separabil
         f"<th>median after</th></tr>{rows}</table>"
         f"<h2>Failed jobs (crash files in logs/)</h2>{failed_html}")
     return html_page("bhd group report", body)
+
+
+def _slices(volume: np.ndarray, n: int = 5) -> list[np.ndarray]:
+    """``n`` axial slices spread over the non-zero extent of a volume (RAS grid: last axis is z)."""
+    nz = np.nonzero(volume.any(axis=(0, 1)))[0]
+    lo, hi = (nz[0], nz[-1]) if nz.size else (0, volume.shape[2] - 1)
+    picks = np.linspace(lo + 0.2 * (hi - lo), hi - 0.15 * (hi - lo), n).astype(int)
+    return [volume[:, :, k].T for k in picks]
+
+
+def mosaic(rows: list[tuple[str, np.ndarray, dict]], contour: np.ndarray | None = None,
+           contour_rows: tuple[int, ...] = ()) -> str:
+    """A grid of axial slices, one row per (label, volume, imshow options), as a data URI."""
+    n = 5
+    fig, axes = plt.subplots(len(rows), n, figsize=(2.1 * n, 2.3 * len(rows)), squeeze=False)
+    for r, (label, volume, opts) in enumerate(rows):
+        for c, sl in enumerate(_slices(volume, n)):
+            ax = axes[r, c]
+            ax.imshow(sl, origin="lower", **({"cmap": "gray"} | opts))
+            if contour is not None and r in contour_rows:
+                ax.contour(_slices(contour, n)[c], levels=[0.5], colors="tab:red", linewidths=0.6)
+            ax.set_axis_off()
+        axes[r, 0].set_title(label, fontsize=9, loc="left")
+    fig.subplots_adjust(wspace=0.02, hspace=0.15)
+    return figure_to_data_uri(fig)
+
+
+def native_mosaic(volume: np.ndarray) -> str:
+    """Three orthogonal middle slices of an image on its native grid (as stored)."""
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3))
+    for ax, sl in zip(axes, (volume[volume.shape[0] // 2], volume[:, volume.shape[1] // 2],
+                             volume[:, :, volume.shape[2] // 2])):
+        ax.imshow(np.rot90(sl), cmap="gray")
+        ax.set_axis_off()
+    return figure_to_data_uri(fig)
+
+
+def participant_report_html(title: str, native: np.ndarray, preproc: np.ndarray, mask: np.ndarray,
+                            template: np.ndarray, edges: np.ndarray, generated: np.ndarray,
+                            harmonized: np.ndarray, facts: dict) -> str:
+    """One job's report: input, preprocessing and registration, edge map, harmonization, provenance."""
+    template_edges = np.abs(np.gradient(template)[0]) + np.abs(np.gradient(template)[1])
+    template_outline = (template > 0.05 * template.max()).astype(float)
+    difference = harmonized - preproc
+    limit = float(np.abs(difference).max()) or 1.0
+    sections = [
+        ("Input (native grid, as stored)", native_mosaic(native)),
+        ("Preprocessed image with the brain mask (red)",
+         mosaic([("preprocessed", preproc, {"vmin": 0, "vmax": 1})], contour=mask, contour_rows=(0,))),
+        ("Registration: preprocessed image with the template's brain outline (red)",
+         mosaic([("preprocessed", preproc, {"vmin": 0, "vmax": 1}),
+                 ("template", template, {}), ("template gradient", template_edges, {"cmap": "magma"})],
+                contour=template_outline, contour_rows=(0,))),
+        ("Edge map (section 3.2)", mosaic([("edge map", edges, {"cmap": "gray"})])),
+        ("Harmonization: edge-to-image output, after refinement, difference to the input",
+         mosaic([("edge-to-image output", generated, {"vmin": 0, "vmax": 1}),
+                 ("harmonized (refined)", harmonized, {"vmin": 0, "vmax": 1}),
+                 ("harmonized - preprocessed", difference, {"cmap": "RdBu_r", "vmin": -limit, "vmax": limit})])),
+    ]
+    body = "".join(f"<h2>{html.escape(t)}</h2><img alt='{html.escape(t)}' src='{uri}'>" for t, uri in sections)
+    rows = "".join(f"<tr><th style='text-align:left'>{html.escape(str(k))}</th><td style='text-align:left'>"
+                   f"<code>{html.escape(str(v))}</code></td></tr>" for k, v in facts.items())
+    body += f"<h2>Metrics and provenance</h2><table>{rows}</table>"
+    return html_page(title, body)

@@ -71,3 +71,16 @@ def load_template(kind: str = "t1") -> tuple[np.ndarray, np.ndarray]:
 
     img = nib.load(template_path(kind))
     return np.asarray(img.get_fdata(), dtype=np.float32), img.affine.copy()
+
+
+@lru_cache(maxsize=2)
+def template_on_grid(kind: str = "t1") -> np.ndarray:
+    """The template resampled (trilinear) onto the harmonization grid."""
+    from scipy import ndimage
+
+    data, affine = load_template(kind)
+    grid = harmonization_grid()
+    to_template = np.linalg.inv(affine) @ grid.affine
+    idx = np.indices(grid.shape, dtype=np.float32).reshape(3, -1)
+    coords = to_template[:3, :3] @ idx + to_template[:3, 3:4]
+    return ndimage.map_coordinates(data, coords, order=1).reshape(grid.shape).astype(np.float32)

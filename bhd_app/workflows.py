@@ -106,13 +106,14 @@ def run_to_native(grid_file: str, xfm_file: str, in_file: str):
 
 
 def run_derivatives(job_json: str, out_dir: str, bids_dir: str, settings: dict, preproc_file: str,
-                    mask_file: str, xfm_file: str, preproc_info: str, harmonized_file: str, edges_file: str,
-                    harmonization_info: str, native_file: str):
+                    mask_file: str, xfm_file: str, preproc_info: str, harmonized_file: str, generated_file: str,
+                    edges_file: str, harmonization_info: str, native_file: str):
     """Node: write this job's BIDS derivatives (atomically) and return the path of the main output."""
     from bhd_app.derivatives import write_job_derivatives
 
     return write_job_derivatives(job_json, out_dir, bids_dir, settings, preproc_file, mask_file, xfm_file,
-                                 preproc_info, harmonized_file, edges_file, harmonization_info, native_file)
+                                 preproc_info, harmonized_file, generated_file, edges_file, harmonization_info,
+                                 native_file)
 
 
 def _node(function, inputs: list[str], outputs: list[str], name: str, **values) -> pe.Node:
@@ -146,7 +147,7 @@ def init_job_wf(job: Job, out_dir: Path, bids_dir: Path, settings: dict, device:
     job_json = json.dumps({"subject": job.subject, "session": job.session, "suffix": job.suffix,
                            "path": str(job.path), "entities": job.entities, "metadata": job.metadata}, default=str)
     out = _node(run_derivatives, ["job_json", "out_dir", "bids_dir", "settings", "preproc_file", "mask_file",
-                                  "xfm_file", "preproc_info", "harmonized_file", "edges_file",
+                                  "xfm_file", "preproc_info", "harmonized_file", "generated_file", "edges_file",
                                   "harmonization_info", "native_file"], ["out_file"], "derivatives",
                 job_json=job_json, out_dir=str(out_dir), bids_dir=str(bids_dir), settings=settings)
     wf.connect([
@@ -155,7 +156,8 @@ def init_job_wf(job: Job, out_dir: Path, bids_dir: Path, settings: dict, device:
         (pre, nat, [("xfm_file", "xfm_file")]),
         (pre, out, [("preproc_file", "preproc_file"), ("mask_file", "mask_file"), ("xfm_file", "xfm_file"),
                     ("info_file", "preproc_info")]),
-        (har, out, [("harmonized_file", "harmonized_file"), ("edges_file", "edges_file"),
+        (har, out, [("harmonized_file", "harmonized_file"), ("generated_file", "generated_file"),
+                    ("edges_file", "edges_file"),
                     ("info_file", "harmonization_info")]),
         (nat, out, [("out_file", "native_file")]),
     ])
