@@ -102,7 +102,7 @@ def write_job_derivatives(job_json: str, out_dir: str, bids_dir: str, settings: 
     source = bids_uri(job.path, bids_dir)
     grid_fields = {"SpatialReference": SPATIAL_REFERENCE, "Resolution": {RESOLUTION_LABEL: RESOLUTION_TEXT},
                    "SkullStripped": True}
-    common = {"SoftwareVersions": software_versions()}
+    common = {"PipelineSoftware": software_versions()}
     harmonization = {k: v for k, v in settings.items() if k != "model"}
     harmonization.update(ModelFile=Path(har["model_file"]).name if har["model_file"] else None,
                          ModelSHA256=har["model_sha256"],

@@ -20,7 +20,20 @@ from nipype.pipeline import engine as pe
 from .bids import Job
 
 
-def run_preprocessing(in_file: str, brain_extraction: str, seed: int, omp_nthreads: int):
+def save_nifti(array, affine, path: str, dtype: str = "float32") -> str:
+    """Save an array as NIfTI with millimetre units and both qform and sform set (scanner-anatomical)."""
+    import nibabel as nib
+    import numpy as np
+
+    img = nib.Nifti1Image(np.asarray(array).astype(dtype), affine)
+    img.header.set_xyzt_units("mm")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    nib.save(img, path)
+    return path
+
+
+def run_preprocessing(in_file: str, contrast: str, brain_extraction: str, seed: int, omp_nthreads: int):
     """Node: preprocess one anatomical image onto the harmonization grid (section 4.1)."""
     import json
     import os
@@ -29,15 +42,17 @@ def run_preprocessing(in_file: str, brain_extraction: str, seed: int, omp_nthrea
 
     from bhd_app.preprocessing import preprocess
     from bhd_app.templates import harmonization_grid
+    from bhd_app.workflows import save_nifti
 
     cwd = os.getcwd()
-    pre = preprocess(in_file, cwd, brain_extraction=brain_extraction, seed=seed, n_threads=omp_nthreads)
+    pre = preprocess(in_file, cwd, brain_extraction=brain_extraction, seed=seed, n_threads=omp_nthreads,
+                     contrast=contrast)
     grid = harmonization_grid()
     preproc_file = os.path.join(cwd, "preproc.nii.gz")
     mask_file = os.path.join(cwd, "brain_mask.nii.gz")
     native_mask_file = os.path.join(cwd, "native_brain_mask.nii.gz")
-    nib.save(nib.Nifti1Image(pre.image.astype("float32"), grid.affine), preproc_file)
-    nib.save(nib.Nifti1Image(pre.brain_mask.astype("uint8"), grid.affine), mask_file)
+    save_nifti(pre.image, grid.affine, preproc_file)
+    save_nifti(pre.brain_mask, grid.affine, mask_file, "uint8")
     nib.save(pre.native_brain_mask, native_mask_file)
     info_file = os.path.join(cwd, "preprocessing.json")
     with open(info_file, "w") as f:
@@ -58,6 +73,7 @@ def run_harmonization(preproc_file: str, mask_file: str, settings: dict, device:
     from bhd_app.baselines import histogram_matching
     from bhd_app.edges import canny_edges
     from bhd_app.harmonize import harmonize, load_model, select_device
+    from bhd_app.workflows import save_nifti
 
     torch.set_num_threads(max(int(omp_nthreads), 1))
     cwd = os.getcwd()
@@ -79,7 +95,7 @@ def run_harmonization(preproc_file: str, mask_file: str, settings: dict, device:
     files = {}
     for key, dtype in (("harmonized", "float32"), ("generated", "float32"), ("edge_map", "uint8")):
         files[key] = os.path.join(cwd, f"{key}.nii.gz")
-        nib.save(nib.Nifti1Image(np.asarray(result[key]).astype(dtype), img.affine), files[key])
+        save_nifti(result[key], img.affine, files[key], dtype)
     info = {"model_file": str(model.path) if model else None, "model_sha256": model.sha256 if model else None,
             "device": str(model.device) if model else "cpu",
             "refinement_history": [round(v, 5) for v in result["refinement_history"]],
@@ -135,9 +151,9 @@ def init_job_wf(job: Job, out_dir: Path, bids_dir: Path, settings: dict, device:
         ['derivatives', 'harmonize', 'preprocess', 'to_native']
     """
     wf = pe.Workflow(name=job.name.replace("-", "_"))
-    pre = _node(run_preprocessing, ["in_file", "brain_extraction", "seed", "omp_nthreads"],
+    pre = _node(run_preprocessing, ["in_file", "contrast", "brain_extraction", "seed", "omp_nthreads"],
                 ["preproc_file", "mask_file", "xfm_file", "native_mask_file", "info_file"], "preprocess",
-                in_file=str(job.path), brain_extraction=settings.get("brain_extraction", "auto"),
+                in_file=str(job.path), contrast=job.suffix, brain_extraction=settings.get("brain_extraction", "auto"),
                 seed=settings.get("seed", 0), omp_nthreads=omp_nthreads)
     har = _node(run_harmonization, ["preproc_file", "mask_file", "settings", "device", "omp_nthreads"],
                 ["harmonized_file", "generated_file", "edges_file", "info_file"], "harmonize",

@@ -82,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--refine-step", type=float, default=0.02, help="refinement step (paper: 0.02)")
     g.add_argument("--refine-iterations", type=int, default=6, help="refinement iterations (paper: 6)")
     g.add_argument("--refine-region", choices=("brain", "volume"), default="brain")
-    g.add_argument("--brain-extraction", choices=("auto", "deepbet", "template", "none"), default="auto",
-                   help="auto: deepbet for T1w heads, template-based otherwise")
+    g.add_argument("--brain-extraction", choices=("auto", "deepbet", "template", "nonzero"), default="auto",
+                   help="auto: the non-zero voxels of skull-stripped inputs, deepbet for T1w heads, "
+                        "template-based otherwise; nonzero: the input is already skull-stripped")
 
     g = p.add_argument_group("performance and execution")
     g.add_argument("-w", "--work-dir", type=lambda v: Path(v).expanduser().absolute(),

@@ -132,12 +132,23 @@ def run_group(args) -> int:
     return run_group_level(args.bids_dir, args.output_dir)
 
 
+def _configure_logging(verbose: int) -> None:
+    """bhd logs at INFO (DEBUG with -v); nipype's node chatter only with -vv."""
+    from nipype import config, logging as nipype_logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    LOGGER.handlers[:] = [handler]
+    LOGGER.setLevel(logging.DEBUG if verbose else logging.INFO)
+    LOGGER.propagate = False
+    level = "INFO" if verbose >= 2 else "WARNING"
+    config.update_config({"logging": {"workflow_level": level, "interface_level": level, "utils_level": level}})
+    nipype_logging.update_logging(config)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    if args.verbose < 2:
-        logging.getLogger("nipype.workflow").setLevel(logging.WARNING)
+    _configure_logging(args.verbose)
     try:
         if args.analysis_level == "participant":
             return run_participant(args)

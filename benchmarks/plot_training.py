@@ -1,0 +1,61 @@
+#!/usr/bin/env python
+"""Plot a training run: loss and validation PSNR/SSIM (bhd vs histogram matching) against steps and wall time.
+
+    python benchmarks/plot_training.py RUN_DIR [OUT.png]
+
+Reads ``RUN_DIR/loss.tsv`` and ``RUN_DIR/validation.tsv`` written by ``bhd-train``.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def read_tsv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def main(run_dir: Path, out: Path) -> None:
+    loss = read_tsv(run_dir / "loss.tsv")
+    val = read_tsv(run_dir / "validation.tsv") if (run_dir / "validation.tsv").exists() else []
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    steps = np.array([int(r["step"]) for r in loss])
+    values = np.array([float(r["loss"]) for r in loss])
+    k = max(len(values) // 50, 1)
+    smooth = np.convolve(values, np.ones(k) / k, mode="valid")
+    axes[0].plot(steps, values, color="0.8", lw=0.5)
+    axes[0].plot(steps[k - 1:], smooth, color="k")
+    axes[0].set(xlabel="step", ylabel="training loss", yscale="log", title="loss")
+    if val:
+        by_step: dict[int, list[dict]] = {}
+        for r in val:
+            by_step.setdefault(int(r["step"]), []).append(r)
+        vs = sorted(by_step)
+        hours = [float(by_step[s][0]["wall_s"]) / 3600 for s in vs]
+        for ax, metric in zip(axes[1:], ("psnr", "ssim")):
+            for method, color in (("bhd", "tab:blue"), ("generated", "tab:cyan"), ("histmatch", "tab:red"),
+                                  ("source", "0.5")):
+                ys = [np.mean([float(r[f"{method}_{metric}"]) for r in by_step[s]]) for s in vs]
+                ax.plot(vs, ys, "o-", color=color, label=method)
+            ax.set(xlabel="step", ylabel=f"validation {metric.upper()} (brain)", title=metric.upper())
+            top = ax.secondary_xaxis("top", functions=(lambda x, vs=vs, h=hours: np.interp(x, vs, h),
+                                                       lambda x, vs=vs, h=hours: np.interp(x, h, vs)))
+            top.set_xlabel("training wall time (h)")
+        axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    run = Path(sys.argv[1])
+    main(run, Path(sys.argv[2]) if len(sys.argv) > 2 else run / "training_curve.png")
