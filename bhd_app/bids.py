@@ -447,7 +447,20 @@ def write_dataset_description(out_dir: str | Path, bids_dir: str | Path, version
     lines = ignore.read_text(encoding="utf-8").splitlines() if ignore.is_file() else []
     if any(p not in lines for p in BIDSIGNORE):
         _atomic_write_text(ignore, "\n".join(lines + [p for p in BIDSIGNORE if p not in lines]) + "\n")
+    readme = out_dir / "README.md"
+    if not readme.exists():
+        _atomic_write_text(readme, DERIVATIVES_README.format(version=version))
     return path
+
+
+DERIVATIVES_README = """# bhd derivatives
+
+Harmonized anatomical images made by bhd {version} (BlindHarmonyDiff as a BIDS App).
+Per image: the preprocessed image, brain mask and edge map on the MNI152NLin2009aSym grid
+(1.2 x 1.2 x 1.25 mm), the harmonized image on that grid and on the input's native grid, the affine
+transform (`_xfm.mat`, ANTs), JSON sidecars with every setting, and an HTML report per image.
+The group level adds `group_bhd.tsv` and `group_report.html`.
+"""
 
 
 def check_output_dir(bids_dir: str | Path, out_dir: str | Path, work_dir: str | Path | None = None) -> None:

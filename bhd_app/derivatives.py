@@ -114,7 +114,7 @@ def write_job_derivatives(job_json: str, out_dir: str, bids_dir: str, settings: 
                                    "Preprocessing": pre["settings"], "TimingsSeconds": pre["timings"]}),
         "mask": (mask_file, {**grid_fields, **common, "Sources": [source], "Type": "Brain",
                              "Description": "Brain mask on the harmonization grid"}),
-        "edges": (edges_file, {**grid_fields, **common, "Type": "Edges",
+        "edges": (edges_file, {**grid_fields, **common, "Type": "ROI",
                                "Sources": [bids_uri(paths["preproc"], out_dir)],
                                "Description": "3D Canny edge map with the subject-level threshold giving 8% edge "
                                               "voxels (BlindHarmonyDiff section 3.2)"}),

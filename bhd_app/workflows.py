@@ -166,6 +166,7 @@ def init_job_wf(job: Job, out_dir: Path, bids_dir: Path, settings: dict, device:
                                   "xfm_file", "preproc_info", "harmonized_file", "generated_file", "edges_file",
                                   "harmonization_info", "native_file"], ["out_file"], "derivatives",
                 job_json=job_json, out_dir=str(out_dir), bids_dir=str(bids_dir), settings=settings)
+    out.overwrite = True  # cheap, and it must follow the current code and output folder even when cached
     wf.connect([
         (pre, har, [("preproc_file", "preproc_file"), ("mask_file", "mask_file")]),
         (har, nat, [("harmonized_file", "grid_file")]),
