@@ -31,6 +31,7 @@ def examples(tmp_path_factory) -> Path:
 
 def _small_dataset(examples: Path, dest: Path, jobs: list[tuple[str, str, str]]) -> Path:
     """A copy of the example dataset with only the given (subject, session, suffix) images."""
+    dest.mkdir(parents=True, exist_ok=True)
     for name in ("dataset_description.json", "participants.tsv", "README"):
         shutil.copy(examples / name, dest / name)
     for sub, ses, suffix in jobs:

@@ -58,9 +58,9 @@ def run_participant(args) -> int:
 
     work_dir = args.work_dir or Path.cwd() / "work"
     check_output_dir(args.bids_dir, args.output_dir, work_dir)
+    layout = load_layout(args.bids_dir, database_dir=work_dir / "pybids")
     if not args.skip_bids_validation:
         _validate_input(args.bids_dir)
-    layout = load_layout(args.bids_dir, database_dir=work_dir / "pybids")
     filters = load_bids_filters(args.bids_filter_file) if args.bids_filter_file else None
     jobs = collect_jobs(layout, args.participant_label, args.session_label, filters, suffixes=tuple(args.contrasts))
     select_device(args.device)
@@ -122,8 +122,10 @@ def _validate_input(bids_dir: Path) -> None:
         LOGGER.warning("bids-validator-deno is not installed: input validation skipped")
         return
     if not ok:
-        raise BHDInputError(f"{bids_dir}: the BIDS validator found errors ({summary.splitlines()[0]}); "
-                            "fix them or pass --skip-bids-validation")
+        errors = [ln.strip() for ln in summary.splitlines() if ln.strip().startswith("ERROR")]
+        first = errors[0] if errors else summary.splitlines()[0]
+        raise BHDInputError(f"{bids_dir}: the BIDS validator found {len(errors) or 'some'} error(s), first: "
+                            f"{first}; fix them or pass --skip-bids-validation")
 
 
 def run_group(args) -> int:
