@@ -91,32 +91,64 @@ def test_bad_image_fails_alone_and_leaves_nothing(examples, tmp_path, capsys, da
     assert _derivative_files(out) == []
 
 
-def test_participant_level_end_to_end(examples, tmp_path):
-    """One real job through preprocessing, harmonization and derivatives, then the official validator."""
-    ds = _small_dataset(examples, tmp_path / "ds", [("02", "vida", "T1w")])
-    out = tmp_path / "out"
-    args = [str(ds), str(out), "participant", "-w", str(tmp_path / "w"), "--skip-bids-validation",
-            "--nprocs", "1"]
+@pytest.fixture(scope="module")
+def participant_run(examples, tmp_path_factory) -> tuple[Path, Path, list[str]]:
+    """Two real jobs (one subject on two scanners) through the participant level, in parallel."""
+    root = tmp_path_factory.mktemp("run")
+    ds = _small_dataset(examples, root / "ds", [("02", "vida", "T1w"), ("02", "biograph", "T1w")])
+    out = root / "out"
+    args = [str(ds), str(out), "participant", "-w", str(root / "w"), "--skip-bids-validation", "--nprocs", "2"]
     assert main(args) == 0
+    return ds, out, args
+
+
+def test_participant_level_end_to_end(participant_run):
+    """Preprocessing, harmonization and derivatives of a real job; a re-run skips it."""
+    ds, out, args = participant_run
     anat = out / "sub-02" / "ses-vida" / "anat"
     stem = "sub-02_ses-vida"
     grid = "space-MNI152NLin2009aSym_res-1p2"
     harmonized = nib.load(anat / f"{stem}_{grid}_desc-harmonized_T1w.nii.gz")
     assert harmonized.shape == (128, 160, 136)
+    data = np.asarray(harmonized.dataobj)
+    mask = np.asarray(nib.load(anat / f"{stem}_{grid}_desc-brain_mask.nii.gz").dataobj) > 0
+    assert 0 <= data.min() and data.max() <= 1 and data[~mask].max() == 0 and data[mask].std() > 0.1
     native = nib.load(anat / f"{stem}_desc-harmonized_T1w.nii.gz")
     source = nib.load(ds / "sub-02" / "ses-vida" / "anat" / f"{stem}_T1w.nii.gz")
     assert native.shape == source.shape and np.allclose(native.affine, source.affine, atol=1e-4)
     side = json.loads((anat / f"{stem}_{grid}_desc-harmonized_T1w.json").read_text())
     assert side["SkullStripped"] is True and len(side["Harmonization"]["ModelSHA256"]) == 64
     assert (anat / f"{stem}_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.mat").exists()
-    # A re-run finds the job complete and leaves the outputs untouched.
+    report = (out / f"{stem}_T1w.html").read_text()
+    assert report.count("data:image/png;base64,") >= 5 and "http" not in report.replace("http-equiv", "")
     mtime = (anat / f"{stem}_{grid}_desc-harmonized_T1w.nii.gz").stat().st_mtime
     assert main(args) == 0
     assert (anat / f"{stem}_{grid}_desc-harmonized_T1w.nii.gz").stat().st_mtime == mtime
+
+
+def test_derivatives_pass_the_bids_validator(participant_run):
     from bhd_app.bids import BIDSValidatorMissing, run_bids_validator
 
     try:
-        ok, summary = run_bids_validator(out)
+        ok, summary = run_bids_validator(participant_run[1])
     except BIDSValidatorMissing:
         pytest.skip("bids-validator-deno not installed")
     assert ok, summary
+
+
+def test_group_level_reports_site_effect(participant_run, capsys):
+    ds, out, _ = participant_run
+    assert main([str(ds), str(out), "group"]) == 0
+    rows = (out / "group_bhd.tsv").read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("job\tscanner")
+    assert {r.split("\t")[1] for r in rows[1:]} == {"Siemens MAGNETOM_Vida 3T T1w", "Siemens Biograph_mMR 3T T1w"}
+    html = (out / "group_report.html").read_text()
+    assert "Site separability" in html and html.count("data:image/png;base64,") == 2
+    assert "separability" in capsys.readouterr().out
+
+
+def test_group_level_without_results_is_one_line_error(examples, tmp_path, capsys):
+    ds = _small_dataset(examples, tmp_path / "ds", [("02", "vida", "T1w")])
+    (tmp_path / "out").mkdir()
+    assert main([str(ds), str(tmp_path / "out"), "group"]) == 2
+    assert "run the participant level first" in capsys.readouterr().err

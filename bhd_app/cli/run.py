@@ -85,6 +85,8 @@ def run_participant(args) -> int:
         if plugin == "MultiProc":
             plugin_args.setdefault("n_procs", nprocs)
             plugin_args.setdefault("raise_insufficient", False)
+        LOGGER.info("%d job(s) to run with nipype %s (%d at a time, %d thread(s) each); work dir %s",
+                    len(todo), plugin, nprocs, omp, work_dir)
         try:
             wf.run(plugin=plugin, plugin_args=plugin_args)
         except RuntimeError as err:
