@@ -145,6 +145,7 @@ class Trainer:
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
         self.step = 0
         self.wall = 0.0
+        self.warmup_until = 0  # learning-rate warm-up after starting from a compact state
         self.checkpoint_path = self.run_dir / "checkpoint.pt"
         if self.checkpoint_path.exists():
             self._resume()
@@ -164,6 +165,28 @@ class Trainer:
         self.step, self.wall = state["step"], state["wall"]
         self.sampler.rng.bit_generator.state = state["sampler_rng"]
         self.generator.set_state(state["torch_rng"].cpu() if self.device.type == "cpu" else state["torch_rng"])
+
+    def save_compact_state(self, path: Path) -> None:
+        """A small file to continue training from in a later session (weights, EMA, step; no optimizer).
+
+        The full checkpoint holds the Adam moments too (about 4x the model); this keeps the repo small.
+        """
+        _atomic_save({"config": self.config.to_dict(), "step": self.step, "wall": self.wall,
+                      "model": {k: v.half() for k, v in self.net.state_dict().items()},
+                      "ema": self.ema.state_dict()}, Path(path))
+
+    def load_compact_state(self, path: Path) -> None:
+        """Start from a compact state: weights, EMA and step; a fresh optimizer with a short warm-up."""
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        saved = TrainConfig.from_dict(state["config"])
+        if saved.unet != self.config.unet or saved.parameterization != self.config.parameterization:
+            raise ValueError(f"{path}: state was made with another network")
+        self.net.load_state_dict({k: v.float() for k, v in state["model"].items()})
+        self.ema.load_state_dict(state["ema"])
+        self.step, self.wall = state["step"], state["wall"]
+        self.warmup_until = self.step + 200
+        self.sampler.rng = np.random.default_rng([self.config.seed, self.step])
+        self.generator.manual_seed(self.config.seed + self.step)
 
     def save_checkpoint(self) -> None:
         _atomic_save({
@@ -197,6 +220,13 @@ class Trainer:
             if self.device.type == "cpu":
                 x1 = x1.contiguous(memory_format=torch.channels_last_3d)
                 cond = cond.contiguous(memory_format=torch.channels_last_3d)
+            if self.step < self.warmup_until:
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self.config.learning_rate * (1 - (self.warmup_until - self.step) / 200)
+            elif self.warmup_until:
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self.config.learning_rate
+                self.warmup_until = 0
             loss = rectified_flow_loss(self.net, x1, cond, self.config.parameterization, self.generator)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validate-minutes", type=float, default=20.0,
                    help="score the EMA model on validation subjects at most this often (0: never)")
     p.add_argument("--export", type=Path, help="write the EMA model here (.pt + .json card) at the end")
+    p.add_argument("--compact-state", type=Path,
+                   help="small resume file (weights, EMA, step; no optimizer) kept between sessions: training "
+                        "starts from it when RUN_DIR has no checkpoint, and it is rewritten at the end")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
@@ -128,9 +131,14 @@ def main(argv=None) -> int:
                          checkpoint_every_s=args.checkpoint_minutes * 60, unet=UNetConfig(base_width=args.width))
     sampler = PatchSampler(images, edges, config.patch_size, config.multi_stride_fraction, seed=args.seed)
     trainer = Trainer(config, sampler, args.run_dir, device)
+    if trainer.step == 0 and args.compact_state and args.compact_state.exists():
+        trainer.load_compact_state(args.compact_state)
+        print(f"starting from {args.compact_state} at step {trainer.step}", file=sys.stderr)
     quantiles = target_quantiles(images, masks)
     validator = Validator(args.run_dir, quantiles, args.validate_minutes * 60) if args.validate_minutes else None
     trainer.train(time_budget_s=args.time_budget * 60 if args.time_budget else None, on_checkpoint=validator)
+    if args.compact_state:
+        trainer.save_compact_state(args.compact_state)
     if args.export:
         card = {"bhd_version": __version__, "training": config.to_dict(), "training_data": data_desc,
                 "steps": trainer.step, "wall_time_s": round(trainer.wall, 1),
