@@ -56,6 +56,8 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--sweep", action="store_true", help="score start times and refinement settings")
+    p.add_argument("--start-times", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7], help="for --sweep")
+    p.add_argument("--refinements", nargs="+", default=["none", "ncc", "mi"], help="for --sweep")
     p.add_argument("--out", default=None, help="write all rows as JSON here")
     args = p.parse_args()
     model = load_model(args.model, select_device(args.device))
@@ -74,8 +76,8 @@ def main() -> None:
                        "histmatch": lambda: histogram_matching(source, mask, model.target_quantiles)}
             settings = {"bhd": dict(defaults)}
             if args.sweep:
-                for t0 in ((0.0, 0.3, 0.5, 0.7) if t1w else (0.0,)):
-                    for ref in (("none", "ncc", "mi") if t1w else ("none",)):
+                for t0 in (args.start_times if t1w else (0.0,)):
+                    for ref in (args.refinements if t1w else ("none",)):
                         settings[f"bhd_t{t0}_{ref}"] = {"start_time": t0, "refinement": ref}
             for label, s in settings.items():
                 methods[label] = (lambda s=s: harmonize(model, source, mask, steps=args.steps, seed=seed,

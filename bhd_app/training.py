@@ -167,22 +167,22 @@ class Trainer:
         self.generator.set_state(state["torch_rng"].cpu() if self.device.type == "cpu" else state["torch_rng"])
 
     def save_compact_state(self, path: Path) -> None:
-        """A small file to continue training from in a later session (weights, EMA, step; no optimizer).
+        """A small file to continue training from in a later session (half-precision weights and step).
 
-        The full checkpoint holds the Adam moments too (about 4x the model); this keeps the repo small.
+        The full checkpoint holds the EMA and the Adam moments too (4x the model); the EMA weights
+        are the exported model file, so the two files together let training go on.
         """
         _atomic_save({"config": self.config.to_dict(), "step": self.step, "wall": self.wall,
-                      "model": {k: v.half() for k, v in self.net.state_dict().items()},
-                      "ema": self.ema.state_dict()}, Path(path))
+                      "model": {k: v.half() for k, v in self.net.state_dict().items()}}, Path(path))
 
-    def load_compact_state(self, path: Path) -> None:
-        """Start from a compact state: weights, EMA and step; a fresh optimizer with a short warm-up."""
+    def load_compact_state(self, path: Path, ema_state: dict | None = None) -> None:
+        """Start from a compact state (and the EMA weights, when given); fresh optimizer, short warm-up."""
         state = torch.load(path, map_location=self.device, weights_only=True)
         saved = TrainConfig.from_dict(state["config"])
         if saved.unet != self.config.unet or saved.parameterization != self.config.parameterization:
             raise ValueError(f"{path}: state was made with another network")
         self.net.load_state_dict({k: v.float() for k, v in state["model"].items()})
-        self.ema.load_state_dict(state["ema"])
+        self.ema.load_state_dict(ema_state if ema_state is not None else self.net.state_dict())
         self.step, self.wall = state["step"], state["wall"]
         self.warmup_until = self.step + 200
         self.sampler.rng = np.random.default_rng([self.config.seed, self.step])

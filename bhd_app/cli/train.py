@@ -132,7 +132,10 @@ def main(argv=None) -> int:
     sampler = PatchSampler(images, edges, config.patch_size, config.multi_stride_fraction, seed=args.seed)
     trainer = Trainer(config, sampler, args.run_dir, device)
     if trainer.step == 0 and args.compact_state and args.compact_state.exists():
-        trainer.load_compact_state(args.compact_state)
+        ema = None
+        if args.export and args.export.exists():  # the exported model holds the EMA weights
+            ema = {k: v.float() for k, v in torch.load(args.export, weights_only=True)["state_dict"].items()}
+        trainer.load_compact_state(args.compact_state, ema)
         print(f"starting from {args.compact_state} at step {trainer.step}", file=sys.stderr)
     quantiles = target_quantiles(images, masks)
     validator = Validator(args.run_dir, quantiles, args.validate_minutes * 60) if args.validate_minutes else None
