@@ -6,7 +6,8 @@
 # e.g. `docker run --tmpfs /tmp`): HOME, the matplotlib/XDG/torch/triton/numba/deno caches and nipype's
 # config dir. When a location set in the image's environment is not writable (read-only /tmp, or a
 # /tmp/bhd-home made by another user on a shared /tmp under Singularity), it is moved to a writable
-# scratch folder: $TMPDIR/bhd-<uid>, or, when TMPDIR itself is read-only, <work dir>/tmp (from -w).
+# scratch folder: $TMPDIR/bhd-<uid>, or, when TMPDIR itself is read-only, <work dir>/tmp (from -w;
+# default ./work, i.e. /work/work in the image).
 set -euo pipefail
 
 writable() { mkdir -p -- "$1" 2>/dev/null && [ -d "$1" ] && [ -w "$1" ] && [ -x "$1" ]; }
@@ -27,7 +28,8 @@ for arg in "$@"; do
 done
 
 if ! writable "${TMPDIR:=/tmp}"; then
-    if [ -n "$work" ] && writable "$work/tmp"; then
+    work=${work:-$PWD/work}   # bhd-app's default work directory
+    if writable "$work/tmp"; then
         TMPDIR=$(cd "$work/tmp" && pwd)
     else
         echo "bhd: no writable temporary directory ($TMPDIR is read-only): run with --tmpfs /tmp" \

@@ -56,7 +56,16 @@ rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/lib/apt/lists/* \
 find "$ROOTFS"/usr/share/doc -mindepth 1 ! -type d ! -name copyright -delete   # keep the licenses, as -slim does
 find "$ROOTFS"/usr/share/doc -mindepth 1 -type d -empty -delete
 
-tar --numeric-owner -C "$ROOTFS" -c . \
-  | docker import --change 'CMD ["bash"]' --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-      --message "debootstrap --variant=minbase $SUITE $MIRROR" - "$TAG"
+changes=(--change 'CMD ["bash"]' --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin')
+stage=bhd-base-stage:debootstrap
+tar --numeric-owner -C "$ROOTFS" -c . | docker import "${changes[@]}" - "$stage"
+
+# debootstrap takes the release as published; add bookworm-updates and bookworm-security, then flatten.
+container=$(docker create "$stage" bash -c \
+    'apt-get update && apt-get -y upgrade && apt-get clean && rm -rf /var/lib/apt/lists/* /var/log/apt /var/log/dpkg.log')
+docker start -a "$container"
+docker export "$container" \
+  | docker import "${changes[@]}" --message "debootstrap --variant=minbase $SUITE $MIRROR + upgrade" - "$TAG"
+docker rm "$container" >/dev/null
+docker rmi "$stage" >/dev/null
 docker image ls "$TAG"

@@ -34,7 +34,7 @@ elapsed() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv
 
 docker info >/dev/null 2>&1 || fail "no docker daemon (start dockerd; see docker/README.md)"
 
-build_s=skipped
+build_s="skipped (SKIP_BUILD)"
 if [ -z "${SKIP_BUILD:-}" ]; then
     docker image inspect "${BASE_IMAGE:-debian:bookworm-slim}" >/dev/null 2>&1 \
         || fail "no ${BASE_IMAGE:-debian:bookworm-slim} image: run docker/make_base_image.sh (or docker pull it)"
@@ -53,7 +53,7 @@ if [ -z "${SKIP_BUILD:-}" ]; then
     say "build $IMAGE"
     t0=$(now)
     docker/build.sh cpu -t "$IMAGE"
-    build_s=$(elapsed "$t0" "$(now)")
+    build_s="$(elapsed "$t0" "$(now)") s"
 fi
 size_bytes=$(docker image inspect -f '{{.Size}}' "$IMAGE")
 size=$(python3 -c "import sys; print(f'{int(sys.argv[1]) / 1e9:.2f} GB')" "$size_bytes")
@@ -148,7 +148,7 @@ PY
 say "summary"
 cat <<SUMMARY
 image              $IMAGE ($size, $size_bytes bytes)
-build              ${build_s} s
+build              ${build_s}
 participant level  ${participant_s} s   ($SMOKE_LABELS $SMOKE_ARGS)
 group level        ${group_s} s
 outputs            $OUT
