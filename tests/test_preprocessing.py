@@ -1,0 +1,174 @@
+"""Preprocessing (paper section 4.1) on real images: one IXI whole head (Hammersmith 3T, 2 mm, with skull)
+preprocessed once per module (about 20-40 s on 2 cores), plus cheap input checks. No mocks.
+
+The IXI images are CC BY-SA 3.0 (IXI dataset, brain-development.org; see ../shared/data/IXI/SOURCE.md).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import tempfile
+import warnings
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bhd_app.errors import BHDInputError
+from bhd_app.preprocessing import (
+    load_anatomical,
+    looks_skull_stripped,
+    normalize_percentile,
+    preprocess,
+    template_brain_mask_on_grid,
+    to_native,
+)
+from bhd_app.templates import GRID_SHAPE
+
+HEAD = "IXI/IXI014-HH-1236-T1_ds.nii.gz"
+STRIPPED_T1 = "IXI/hd_bet_IXI002-Guys-0828-T1.nii.gz"
+HDBET_MASK = "IXI/hd_bet_mask_IXI002-Guys-0828-T1.nii.gz"
+
+
+def dice(a, b) -> float:
+    a, b = np.asarray(a) > 0, np.asarray(b) > 0
+    return float(2.0 * (a & b).sum() / (a.sum() + b.sum()))
+
+
+@pytest.fixture(scope="module")
+def head(shared_data) -> Path:
+    return shared_data / HEAD
+
+
+@pytest.fixture(scope="module")
+def pre(head, tmp_path_factory):
+    """The head preprocessed once, with Python's temp dir pointed at an empty folder to catch leftovers."""
+    work = tmp_path_factory.mktemp("work")
+    private_tmp = tmp_path_factory.mktemp("systemp")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tempfile, "tempdir", str(private_tmp))
+        result = preprocess(head, work, seed=0, n_threads=1)
+    return result, work, private_tmp
+
+
+def test_image_on_grid_normalized(pre):
+    p, _, _ = pre
+    assert p.image.shape == GRID_SHAPE and p.image.dtype == np.float32
+    assert p.brain_mask.shape == GRID_SHAPE and p.brain_mask.dtype == np.uint8
+    assert p.image.min() == 0.0 and p.image.max() == 1.0
+    assert not p.image[p.brain_mask == 0].any()  # zero outside the brain
+    inside = p.image[p.brain_mask > 0]
+    assert 0.005 < (inside == 0).mean() < 0.03 and 0.005 < (inside == 1).mean() < 0.03  # 1st/99th percentile clip
+
+
+def test_brain_mask_plausible_and_on_template(pre):
+    p, _, _ = pre
+    mask = np.asarray(p.native_brain_mask.dataobj)
+    volume_l = mask.sum() * np.prod(p.native_brain_mask.header.get_zooms()[:3]) / 1e6
+    assert 1.0 < volume_l < 1.9
+    assert p.settings["brain_extraction"]["method"] == "deepbet"  # a T1w head: the default
+    template_dice = dice(p.brain_mask, template_brain_mask_on_grid())
+    assert template_dice > 0.85
+    assert p.qc["template_dice"] == pytest.approx(template_dice, abs=1e-3)
+
+
+def test_to_native_overlaps_native_mask(pre, head):
+    p, _, _ = pre
+    native = nib.load(head)
+    back = to_native(p.brain_mask, p.transform_path, head, interpolation="nearest")
+    assert back.shape == native.shape[:3] and np.allclose(back.affine, native.affine)
+    assert back.get_data_dtype() == np.uint8
+    assert dice(back.dataobj, p.native_brain_mask.dataobj) > 0.95
+    image = to_native(p.image, p.transform_path, head)
+    assert image.get_data_dtype() == np.float32 and 0.9 < float(np.max(image.dataobj)) <= 1.0
+
+
+def test_outputs_and_no_temp_leftovers(pre):
+    p, work, private_tmp = pre
+    assert p.transform_path.parent == work and p.transform_path.name.endswith("GenericAffine.mat")
+    assert sorted(f.name for f in work.iterdir()) == [p.transform_path.name]  # intermediate transforms removed
+    assert list(Path(private_tmp).iterdir()) == []  # e.g. no tmp*GenericAffine.mat from ants.registration
+    json.dumps(p.settings)
+    assert set(p.timings) >= {"n4", "brain_extraction", "registration", "resample", "normalize", "total"}
+
+
+def test_truncated_file_raises_naming_it(shared_data, tmp_path):
+    raw = (shared_data / HEAD).read_bytes()
+    broken = tmp_path / "sub-01_T1w.nii.gz"
+    broken.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(BHDInputError, match=str(broken)):
+        load_anatomical(broken)
+    with pytest.raises(BHDInputError, match="sub-01_T1w.nii.gz"):
+        preprocess(broken, tmp_path / "work")
+    not_gzip = tmp_path / "bad.nii.gz"
+    not_gzip.write_bytes(b"this is not an image")
+    with pytest.raises(BHDInputError, match="bad.nii.gz"):
+        load_anatomical(not_gzip)
+
+
+def _save(tmp_path: Path, data: np.ndarray, zooms=(1.0, 1.0, 1.0), name="img.nii.gz") -> Path:
+    path = tmp_path / name
+    nib.save(nib.Nifti1Image(data, np.diag([*zooms, 1.0])), path)
+    return path
+
+
+def test_input_checks(tmp_path):
+    rng = np.random.default_rng(0)
+    vol = rng.random((32, 32, 32)).astype(np.float32)
+    with pytest.raises(BHDInputError, match="3D"):
+        load_anatomical(_save(tmp_path, np.stack([vol, vol], axis=-1), name="four_d.nii.gz"))
+    assert load_anatomical(_save(tmp_path, vol[..., None], name="one_volume.nii.gz")).shape == (32, 32, 32)
+    with pytest.raises(BHDInputError, match="all zeros"):
+        load_anatomical(_save(tmp_path, np.zeros_like(vol), name="zeros.nii.gz"))
+    with pytest.raises(BHDInputError, match="anisotropic"):
+        load_anatomical(_save(tmp_path, vol, zooms=(1.0, 1.0, 6.0), name="aniso.nii.gz"))
+    with pytest.raises(BHDInputError, match="not found"):
+        load_anatomical(tmp_path / "missing.nii.gz")
+    with_nan = vol.copy()
+    with_nan[0, 0, :4] = np.nan
+    with pytest.warns(UserWarning, match="NaN"):
+        img = load_anatomical(_save(tmp_path, with_nan, name="nan.nii.gz"))
+    assert np.isfinite(img.get_fdata()).all() and img.get_fdata()[0, 0, 0] == 0
+
+
+def test_skull_stripped_detection(shared_data):
+    for rel, expected in ((HEAD, False), (STRIPPED_T1, True)):
+        img = load_anatomical(shared_data / rel)
+        assert looks_skull_stripped(img.get_fdata(), img.header.get_zooms()[:3]) is expected
+
+
+def test_normalize_percentile():
+    rng = np.random.default_rng(0)
+    image = rng.normal(100, 10, (20, 20, 20)).astype(np.float32)
+    mask = np.zeros(image.shape, bool)
+    mask[5:15, 5:15, 5:15] = True
+    out, low, high = normalize_percentile(image, mask)
+    assert low == pytest.approx(np.percentile(image[mask], 1)) and high == pytest.approx(np.percentile(image[mask], 99))
+    assert out.dtype == np.float32 and out.min() == 0 and out.max() == 1 and not out[~mask].any()
+
+
+@pytest.mark.slow
+def test_deterministic(head, pre, tmp_path):
+    p, _, _ = pre
+    again = preprocess(head, tmp_path, seed=0, n_threads=1)
+    assert np.array_equal(again.image, p.image) and np.array_equal(again.brain_mask, p.brain_mask)
+
+
+@pytest.mark.slow
+def test_stripped_input_keeps_its_mask(shared_data, tmp_path):
+    path = shared_data / STRIPPED_T1
+    p = preprocess(path, tmp_path)
+    assert p.settings["brain_extraction"]["method"] == "nonzero"
+    assert dice(p.native_brain_mask.dataobj, nib.load(shared_data / HDBET_MASK).dataobj) > 0.99
+    assert p.qc["template_dice"] > 0.9
+
+
+@pytest.mark.slow
+def test_template_method_on_a_head(head, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback, no poor-overlap warning
+        p = preprocess(head, tmp_path, brain_extraction="template")
+    assert p.settings["brain_extraction"]["method"] == "template"
+    assert p.qc["template_dice"] > 0.9 and 1.0 < p.qc["brain_volume_ml"] / 1000 < 1.9
