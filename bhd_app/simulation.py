@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from .preprocessing import normalize_percentile  # the very normalization of the pipeline (section 4.1)
 from .templates import Grid, harmonization_grid, load_template
 
 TISSUES = ("csf", "gm", "wm", "lesion", "skull", "marrow", "scalp")
@@ -254,15 +255,6 @@ def acquire(anatomy: Anatomy, protocol: Protocol, seed: int,
     return np.clip(np.rint(image * scale), 0, 255).astype(np.uint8), voxel_affine
 
 
-def normalize_percentile(image: np.ndarray, mask: np.ndarray, low: float = 1.0, high: float = 99.0) -> np.ndarray:
-    """Subject-level percentile min-max normalization inside the brain (section 4.1), clipped to [0, 1]."""
-    values = image[mask > 0]
-    lo, hi = np.percentile(values, [low, high])
-    out = np.clip((image - lo) / max(hi - lo, 1e-8), 0, 1).astype(np.float32)
-    out[mask == 0] = 0
-    return out
-
-
 def render_on_grid(anatomy: Anatomy, protocol: Protocol, seed: int, grid: Grid | None = None,
                    noise: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """A subject as the preprocessing would deliver it: on the harmonization grid, brain only, normalized.
@@ -284,4 +276,4 @@ def render_on_grid(anatomy: Anatomy, protocol: Protocol, seed: int, grid: Grid |
         ref = tissue_signal(protocol)["wm"] if protocol.suffix == "T1w" else tissue_signal(protocol)["gm"]
         sigma = protocol.noise * ref
         image = np.hypot(image + sigma * rng.standard_normal(grid.shape), sigma * rng.standard_normal(grid.shape))
-    return normalize_percentile(image, mask), mask
+    return normalize_percentile(image, mask)[0], mask

@@ -146,18 +146,6 @@ def test_full_grid_renders_share_the_mask_and_contrast(subject):
     assert np.corrcoef(trio[m], t2[m])[0, 1] < -0.3
 
 
-def test_normalize_percentile():
-    rng = np.random.default_rng(0)
-    image = rng.uniform(10, 110, (20, 20, 20))
-    mask = np.zeros(image.shape, np.uint8)
-    mask[2:18, 2:18, 2:18] = 1
-    out = S.normalize_percentile(image, mask)
-    lo, hi = np.percentile(image[mask > 0], [1, 99])
-    inside = (mask > 0) & (image > lo) & (image < hi)
-    np.testing.assert_allclose(out[inside], (image[inside] - lo) / (hi - lo), rtol=1e-5)
-    assert (out[mask == 0] == 0).all() and out.min() == 0 and out.max() == 1
-
-
 def test_anatomy_fractions(anatomy):
     f = anatomy.fractions
     assert set(f) == set(S.TISSUES)
