@@ -109,6 +109,8 @@ def run_group_level(bids_dir: Path, out_dir: Path) -> int:
     before, after = site_separability(records, "before"), site_separability(records, "after")
     html = group_report_html(records, before, after, failed_jobs(out_dir))
     (out_dir / "group_report.html").write_text(html)
-    print(f"bhd group: {len(records)} jobs, {len({r['scanner'] for r in records})} scanners; "
-          f"site separability (mean pairwise W1) before {before:.4f}, after {after:.4f}")
+    scanners = len({r["scanner"] for r in records})
+    summary = (f"site separability (mean pairwise W1) before {before:.4f}, after {after:.4f}" if scanners > 1
+               else "site separability needs two scanners or more")
+    print(f"bhd group: {len(records)} jobs, {scanners} scanner(s); {summary}")
     return 0

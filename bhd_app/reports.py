@@ -64,6 +64,10 @@ def _median_plot(records: list[dict]) -> str:
     return figure_to_data_uri(fig)
 
 
+def _number(x: float) -> str:
+    return "n/a (one scanner)" if np.isnan(x) else f"{x:.4f}"
+
+
 def group_report_html(records: list[dict], separability_before: float, separability_after: float,
                       failed: list[str]) -> str:
     """The group report: per-scanner intensity distributions before and after, separability, failures."""
@@ -78,8 +82,8 @@ def group_report_html(records: list[dict], separability_before: float, separabil
         "<h2>Site separability</h2>"
         "<p>Mean pairwise Wasserstein-1 distance between the scanners' pooled brain intensity distributions "
         "(lower: sites harder to tell apart).</p>"
-        f"<table><tr><th>before</th><th>after</th></tr><tr><td>{separability_before:.4f}</td>"
-        f"<td>{separability_after:.4f}</td></tr></table>"
+        f"<table><tr><th>before</th><th>after</th></tr><tr><td>{_number(separability_before)}</td>"
+        f"<td>{_number(separability_after)}</td></tr></table>"
         f"<h2>Intensity distributions per scanner</h2><img alt='histograms' src='{_site_histograms(records)}'>"
         f"<h2>Median brain intensity per image</h2><img alt='medians' src='{_median_plot(records)}'>"
         "<h2>Images</h2><table><tr><th>job</th><th>scanner</th><th>method</th><th>median before</th>"
