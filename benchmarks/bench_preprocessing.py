@@ -136,8 +136,8 @@ def main() -> int:
         first, _ = run(path, tmp / "repeat1", "auto", "T1w", args.threads)
         second, _ = run(path, tmp / "repeat2", "auto", "T1w", args.threads)
         same = np.array_equal(first.image, second.image) and np.array_equal(first.brain_mask, second.brain_mask)
-        print(f"\nDeterminism ({Path(HEADS[2]).name}, twice, seed 0, {args.threads} thread(s)): "
-              f"{'bit-identical' if same else 'DIFFERENT, max abs diff %.3g' % np.abs(first.image - second.image).max()}")
+        verdict = "bit-identical" if same else f"DIFFERENT, max abs diff {np.abs(first.image - second.image).max():.3g}"
+        print(f"\nDeterminism ({Path(HEADS[2]).name}, twice, seed 0, {args.threads} thread(s)): {verdict}")
     left = set(glob.glob(os.path.join(tempfile.gettempdir(), "tmp*GenericAffine.mat"))) - tmp_before
     print(f"New tmp*GenericAffine.mat files in {tempfile.gettempdir()}: {len(left)}")
     print(f"Load average at the end: {os.getloadavg()[0]:.1f}")

@@ -6,7 +6,6 @@ The IXI images are CC BY-SA 3.0 (IXI dataset, brain-development.org; see ../shar
 
 from __future__ import annotations
 
-import gzip
 import json
 import tempfile
 import warnings
@@ -145,7 +144,8 @@ def test_normalize_percentile():
     mask = np.zeros(image.shape, bool)
     mask[5:15, 5:15, 5:15] = True
     out, low, high = normalize_percentile(image, mask)
-    assert low == pytest.approx(np.percentile(image[mask], 1)) and high == pytest.approx(np.percentile(image[mask], 99))
+    assert low == pytest.approx(np.percentile(image[mask], 1))
+    assert high == pytest.approx(np.percentile(image[mask], 99))
     assert out.dtype == np.float32 and out.min() == 0 and out.max() == 1 and not out[~mask].any()
 
 
