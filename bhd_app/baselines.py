@@ -3,13 +3,19 @@
 * Histogram matching: the source's brain intensities are mapped, rank for
   rank, onto the target-domain intensity distribution stored with the model
   (quantiles pooled over the training images).
+* SSIMH (spectrum swapping, section 4.4): the lowest 3D DCT frequencies of
+  the source are replaced by those of the averaged target-domain image; only
+  that low-frequency block of the average is stored with the model.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.fft import dctn, idctn
 
 N_QUANTILES = 1001
+SPECTRUM_BLOCK = 16  # low-frequency DCT coefficients per axis stored with the model
+SSIMH_CUTOFF = 16  # coefficients per axis swapped by default (chosen on the validation subjects, BENCHMARKS.md)
 
 
 def target_quantiles(images: list[np.ndarray], masks: list[np.ndarray], n: int = N_QUANTILES) -> np.ndarray:
@@ -26,3 +32,24 @@ def histogram_matching(image: np.ndarray, mask: np.ndarray, quantiles: np.ndarra
     # Ties (flat regions) are spread by interpolating on the source quantiles.
     out[m] = np.interp(image[m], src, quantiles)
     return out
+
+
+def target_spectrum(images: list[np.ndarray], block: int = SPECTRUM_BLOCK) -> np.ndarray:
+    """The low-frequency ``block``^3 corner of the 3D DCT (orthonormal) of the averaged target-domain image."""
+    mean = np.mean(np.stack([np.asarray(im, np.float32) for im in images]), axis=0)
+    return dctn(mean, norm="ortho")[:block, :block, :block].astype(np.float32)
+
+
+def spectrum_swapping(image: np.ndarray, mask: np.ndarray, spectrum: np.ndarray,
+                      cutoff: int = SSIMH_CUTOFF) -> np.ndarray:
+    """SSIMH: swap the source's ``cutoff``^3 lowest DCT coefficients for the target average's; zero outside the mask.
+
+    ``image`` must be on the grid that ``spectrum`` was computed on (the harmonization grid).
+    """
+    if not 0 < cutoff <= min(spectrum.shape):
+        raise ValueError(f"cutoff must be in 1..{min(spectrum.shape)}, got {cutoff}")
+    coeffs = dctn(np.asarray(image, np.float32), norm="ortho")
+    coeffs[:cutoff, :cutoff, :cutoff] = spectrum[:cutoff, :cutoff, :cutoff]
+    out = idctn(coeffs, norm="ortho").astype(np.float32)
+    out[mask == 0] = 0
+    return np.clip(out, 0.0, 1.0)

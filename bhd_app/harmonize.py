@@ -60,17 +60,24 @@ class HarmonizationModel:
     path: Path
     sha256: str
     device: torch.device
+    target_spectrum: np.ndarray | None = None  # SSIMH's low-frequency DCT block of the target average
 
 
 def save_model(path: Path, net: EdgeToImageUNet, parameterization: str, target_quantiles: np.ndarray,
-               card: dict) -> dict:
-    """Write the model file and its card (``path`` with ``.json``); returns the card with the sha256."""
+               card: dict, target_spectrum: np.ndarray | None = None) -> dict:
+    """Write the model file and its card (``path`` with ``.json``); returns the card with the sha256.
+
+    Beside the network, the file holds what the blind baselines need from the target domain: the
+    histogram (``target_quantiles``) and, for SSIMH, the low-frequency DCT block of the average image.
+    """
     path = Path(path)
     # Half precision on disk halves the package; the network runs in float32 after loading.
     state = {k: v.detach().cpu().half() for k, v in net.state_dict().items()}
-    torch.save({"state_dict": state, "unet": json.dumps(net.config.to_dict()),
-                "parameterization": parameterization,
-                "target_quantiles": torch.from_numpy(np.asarray(target_quantiles, np.float32))}, path)
+    blob = {"state_dict": state, "unet": json.dumps(net.config.to_dict()), "parameterization": parameterization,
+            "target_quantiles": torch.from_numpy(np.asarray(target_quantiles, np.float32))}
+    if target_spectrum is not None:
+        blob["target_spectrum"] = torch.from_numpy(np.asarray(target_spectrum, np.float32))
+    torch.save(blob, path)
     card = dict(card, file=path.name, sha256=sha256_of(path), unet=net.config.to_dict(),
                 parameterization=parameterization)
     path.with_suffix(".json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
@@ -103,8 +110,9 @@ def load_model(path: Path | None = None, device: torch.device | str = "cpu") -> 
     net = net.to(device).eval()
     if device.type == "cpu":
         net = net.to(memory_format=torch.channels_last_3d)
+    spectrum = blob["target_spectrum"].numpy() if "target_spectrum" in blob else None
     return HarmonizationModel(net, blob["parameterization"], blob["target_quantiles"].numpy(), card, path,
-                              digest, device)
+                              digest, device, spectrum)
 
 
 def generate(model: HarmonizationModel, edge_map: np.ndarray, *, steps: int = 4, method: str = "midpoint",

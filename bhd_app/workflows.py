@@ -61,7 +61,7 @@ def run_preprocessing(in_file: str, contrast: str, brain_extraction: str, seed: 
 
 
 def run_harmonization(preproc_file: str, mask_file: str, settings: dict, device: str, omp_nthreads: int):
-    """Node: harmonize the preprocessed image with the chosen method (bhd, histmatch or none)."""
+    """Node: harmonize the preprocessed image with the chosen method (bhd, histmatch, ssimh or none)."""
     import json
     import os
     import time
@@ -70,8 +70,9 @@ def run_harmonization(preproc_file: str, mask_file: str, settings: dict, device:
     import numpy as np
     import torch
 
-    from bhd_app.baselines import histogram_matching
+    from bhd_app.baselines import SSIMH_CUTOFF, histogram_matching, spectrum_swapping
     from bhd_app.edges import canny_edges
+    from bhd_app.errors import BHDInputError
     from bhd_app.harmonize import harmonize, load_model, select_device
     from bhd_app.workflows import save_nifti
 
@@ -90,7 +91,15 @@ def run_harmonization(preproc_file: str, mask_file: str, settings: dict, device:
         result = harmonize(model, source, mask, **kwargs)
     else:
         edge_map, _ = canny_edges(source)
-        out = histogram_matching(source, mask, model.target_quantiles) if method == "histmatch" else source.copy()
+        if method == "histmatch":
+            out = histogram_matching(source, mask, model.target_quantiles)
+        elif method == "ssimh":
+            if model.target_spectrum is None:
+                raise BHDInputError(f"{model.path}: this model stores no target spectrum for --method ssimh; "
+                                    "re-export it with bhd-train or use another method")
+            out = spectrum_swapping(source, mask, model.target_spectrum)
+        else:
+            out = source.copy()
         result = {"edge_map": edge_map, "generated": out, "harmonized": out, "refinement_history": []}
     files = {}
     for key, dtype in (("harmonized", "float32"), ("generated", "float32"), ("edge_map", "uint8")):
@@ -100,6 +109,8 @@ def run_harmonization(preproc_file: str, mask_file: str, settings: dict, device:
             "device": str(model.device) if model else "cpu",
             "refinement_history": [round(v, 5) for v in result["refinement_history"]],
             "seconds": round(time.monotonic() - start, 1)}
+    if method == "ssimh":
+        info["ssimh_cutoff"] = SSIMH_CUTOFF
     files["info"] = os.path.join(cwd, "harmonization.json")
     with open(files["info"], "w") as f:
         json.dump(info, f, indent=2)
