@@ -42,12 +42,37 @@ def velocity(net: nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Ten
     return (out - x_t) / one_minus_t
 
 
+def training_times(b: int, late_fraction: float = 0.0, generator: torch.Generator | None = None,
+                   device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """t ~ U(0, 1) (the paper); a ``late_fraction`` of the batch draws t ~ U(0.5, 1) instead.
+
+    Sampling from a noised source starts at t0 >= 0.5 (``sample(start_time=...)``), so bhd can spend
+    more of a small CPU training budget on the late part of the path that it integrates.
+    """
+    t = torch.rand(b, generator=generator, device=device, dtype=dtype)
+    late = torch.rand(b, generator=generator, device=device, dtype=dtype) < late_fraction
+    return torch.where(late, 0.5 + 0.5 * t, t)
+
+
+def training_noise(shape: tuple[int, ...], late_fraction: float = 0.0, generator: torch.Generator | None = None,
+                   device: torch.device | str = "cpu",
+                   dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The random draws of one loss evaluation: noise x0 of ``shape`` (B, 1, D, H, W), then times t (B,).
+
+    Distributed training draws them for the whole global batch on every rank and slices its own part.
+    """
+    x0 = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    return x0, training_times(shape[0], late_fraction, generator, device, dtype)
+
+
 def rectified_flow_loss(net: nn.Module, x1: torch.Tensor, cond: torch.Tensor, parameterization: str = "velocity",
-                        generator: torch.Generator | None = None) -> torch.Tensor:
-    """Eq. 6 on a batch: x1 (B, 1, D, H, W) in flow space, cond (B, 4, D, H, W); t ~ U(0, 1)."""
-    b = x1.shape[0]
-    x0 = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
-    t = torch.rand(b, generator=generator, device=x1.device, dtype=x1.dtype)
+                        generator: torch.Generator | None = None, late_fraction: float = 0.0,
+                        noise: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Eq. 6 on a batch: x1 (B, 1, D, H, W) in flow space, cond (B, 4, D, H, W).
+
+    ``noise`` = (x0, t) given by the caller, else drawn by ``training_noise`` from ``generator``.
+    """
+    x0, t = noise if noise is not None else training_noise(x1.shape, late_fraction, generator, x1.device, x1.dtype)
     tb = t[:, None, None, None, None]
     x_t = tb * x1 + (1 - tb) * x0
     out = net(torch.cat([x_t, cond], dim=1), t)

@@ -9,6 +9,12 @@ network always knows where a patch came from. Random flips on all three axes.
 The loop keeps an EMA of the weights, writes checkpoints atomically (model,
 EMA, optimizer, step, RNG states), appends the loss to a TSV log and resumes
 from the last checkpoint. Knows nothing of BIDS: it takes arrays.
+
+Under ``torchrun`` the loop runs data-parallel (DistributedDataParallel, one
+process per GPU): every rank draws the random numbers of the whole global batch
+(patches, flips, noise, times) from the same seeded generators and computes its
+own slice, so N processes train the same model as one process with that batch.
+Rank 0 alone writes files.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable
 
@@ -25,7 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .flow import rectified_flow_loss, to_flow_space
+from .flow import rectified_flow_loss, to_flow_space, training_noise
 from .model import EdgeToImageUNet, UNetConfig, coordinate_grid
 
 
@@ -39,6 +46,7 @@ class TrainConfig:
     steps: int = 150_000
     multi_stride_fraction: float = 0.2
     parameterization: str = "velocity"
+    late_time_fraction: float = 0.0  # share of t ~ U(0.5, 1) draws (flow.training_times); paper: 0
     ema_decay: float = 0.999
     seed: int = 0
     checkpoint_every_s: float = 300.0
@@ -54,6 +62,47 @@ class TrainConfig:
         d = dict(d)
         d["unet"] = UNetConfig.from_dict(d["unet"])
         return cls(**d)
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a torchrun job; the defaults are a plain single-process run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> "Distributed":
+        """Read torchrun's RANK, WORLD_SIZE and LOCAL_RANK (absent: one process)."""
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                   int(os.environ.get("LOCAL_RANK", 0)))
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def local_part(self, global_batch: int) -> slice:
+        """This rank's samples ``rank*b:(rank+1)*b`` of the global batch, b = global_batch / world_size."""
+        if global_batch % self.world_size:
+            raise ValueError(f"the batch size {global_batch} is the global batch: it must be a multiple of the "
+                             f"{self.world_size} processes")
+        b = global_batch // self.world_size
+        return slice(self.rank * b, (self.rank + 1) * b)
+
+    def start(self, device: torch.device) -> torch.device:
+        """Join the process group (nccl on CUDA, gloo on CPU); returns this rank's device (``cuda:LOCAL_RANK``)."""
+        if device.type == "cuda":
+            device = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(device)
+        # Ranks wait in the next step's all-reduce while rank 0 validates: allow that an hour.
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                             timeout=timedelta(minutes=60))
+        return device
 
 
 def patch_strides(volume_shape: tuple[int, ...], patch_size: int, multi_stride: bool,
@@ -103,17 +152,26 @@ class PatchSampler:
         self.multi_stride_fraction = multi_stride_fraction
         self.rng = np.random.default_rng(seed)
 
-    def patch(self) -> torch.Tensor:
-        """One patch as (5, P, P, P): image, edge map, three coordinate channels."""
-        volume = self.volumes[int(self.rng.integers(len(self.volumes)))]
+    def _draw(self) -> tuple[int, tuple[slice, slice, slice], list[int]]:
+        """The random choices of one patch: volume, slices, flipped dimensions."""
+        volume = int(self.rng.integers(len(self.volumes)))
         strides = patch_strides(self.shape, self.patch_size, self.rng.random() < self.multi_stride_fraction, self.rng)
         sl = patch_slices(self.shape, self.patch_size, strides, self.rng)
-        p = torch.cat([volume[(slice(None), *sl)], self.coords[(slice(None), *sl)]])
         flips = [d + 1 for d in range(3) if self.rng.random() < 0.5]
+        return volume, sl, flips
+
+    def _cut(self, volume: int, sl: tuple[slice, slice, slice], flips: list[int]) -> torch.Tensor:
+        p = torch.cat([self.volumes[volume][(slice(None), *sl)], self.coords[(slice(None), *sl)]])
         return p.flip(flips) if flips else p
 
-    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        b = torch.stack([self.patch() for _ in range(size)])
+    def patch(self) -> torch.Tensor:
+        """One patch as (5, P, P, P): image, edge map, three coordinate channels."""
+        return self._cut(*self._draw())
+
+    def batch(self, size: int, part: slice | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of ``size`` patches, or only its ``part`` (the random draws are those of the whole batch)."""
+        draws = [self._draw() for _ in range(size)]
+        b = torch.stack([self._cut(*d) for d in draws[part or slice(None)]])
         return b[:, :1].contiguous(), b[:, 1:].contiguous()
 
 
@@ -128,19 +186,30 @@ class Trainer:
 
     Files in ``run_dir``: ``checkpoint.pt`` (everything needed to resume),
     ``loss.tsv`` (step, wall seconds, loss, patches per second) and ``config.json``.
+    With ``dist`` active (a started torchrun process group), ``net`` is trained through
+    DistributedDataParallel on this rank's part of each batch, and only rank 0 writes
+    those files and calls ``on_checkpoint``; every rank resumes from ``run_dir``, which
+    must therefore be on a shared file system across nodes.
     """
 
-    def __init__(self, config: TrainConfig, sampler: PatchSampler, run_dir: Path, device: torch.device):
+    def __init__(self, config: TrainConfig, sampler: PatchSampler, run_dir: Path, device: torch.device,
+                 dist: Distributed = Distributed()):
         self.config = config
         self.sampler = sampler
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.device = device
+        self.dist = dist
+        self.part = dist.local_part(config.batch_size)
         torch.manual_seed(config.seed)
         self.net = EdgeToImageUNet(config.unet).to(device)
         if device.type == "cpu":  # oneDNN's 3D convolutions are faster channels-last
             self.net = self.net.to(memory_format=torch.channels_last_3d)
         self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
+        self.model = self.net  # what the loss calls: the network, or its DistributedDataParallel wrapper
+        if dist.active:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.net, device_ids=[device.index] if device.type == "cuda" else None)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.learning_rate)
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
         self.step = 0
@@ -149,7 +218,7 @@ class Trainer:
         self.checkpoint_path = self.run_dir / "checkpoint.pt"
         if self.checkpoint_path.exists():
             self._resume()
-        else:
+        elif dist.is_main:
             (self.run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
 
     def _resume(self) -> None:
@@ -164,7 +233,7 @@ class Trainer:
             group["lr"] = self.config.learning_rate
         self.step, self.wall = state["step"], state["wall"]
         self.sampler.rng.bit_generator.state = state["sampler_rng"]
-        self.generator.set_state(state["torch_rng"].cpu() if self.device.type == "cpu" else state["torch_rng"])
+        self.generator.set_state(state["torch_rng"].cpu())  # map_location moved it; generators take CPU states
 
     def save_compact_state(self, path: Path) -> None:
         """A small file to continue training from in a later session (half-precision weights and step).
@@ -193,6 +262,7 @@ class Trainer:
             "config": self.config.to_dict(), "model": self.net.state_dict(), "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(), "step": self.step, "wall": self.wall,
             "sampler_rng": self.sampler.rng.bit_generator.state, "torch_rng": self.generator.get_state(),
+            "world_size": self.dist.world_size,
         }, self.checkpoint_path)
 
     @torch.no_grad()
@@ -201,21 +271,35 @@ class Trainer:
         for e, p in zip(self.ema.parameters(), self.net.parameters()):
             e.lerp_(p, 1 - decay)
 
+    def _agree(self, loss: torch.Tensor, checkpoint_due: bool, out_of_time: bool) -> tuple[float, bool, bool]:
+        """The global batch's mean loss, and whether any rank wants a checkpoint or has run out of time.
+
+        Ranks must take the same decisions (or wait for one another forever): one all-reduce per step.
+        """
+        if not self.dist.active:
+            return loss.item(), checkpoint_due, out_of_time
+        flags = torch.stack([loss.detach().float(), torch.tensor(float(checkpoint_due), device=loss.device),
+                             torch.tensor(float(out_of_time), device=loss.device)])
+        torch.distributed.all_reduce(flags)
+        total, due, late = flags.tolist()
+        return total / self.dist.world_size, due > 0, late > 0
+
     def train(self, steps: int | None = None, time_budget_s: float | None = None,
               on_checkpoint: Callable[["Trainer"], None] | None = None, progress: bool = True) -> list[float]:
         """Run until ``steps`` total steps (or the time budget) are reached; returns this call's losses."""
         total = steps if steps is not None else self.config.steps
         losses: list[float] = []
-        log = open(self.run_dir / "loss.tsv", "a")
-        if log.tell() == 0:
+        main = self.dist.is_main
+        log = open(self.run_dir / "loss.tsv", "a") if main else None
+        if main and log.tell() == 0:
             log.write("step\twall_s\tloss\tpatches_per_s\n")
         start = time.monotonic()
         last_ckpt = start
-        bar = tqdm(total=total, initial=self.step, disable=not progress, desc="training", unit="step")
+        bar = tqdm(total=total, initial=self.step, disable=not (progress and main), desc="training", unit="step")
         self.net.train()
         while self.step < total:
             t0 = time.monotonic()
-            x1, cond = self.sampler.batch(self.config.batch_size)
+            x1, cond = self.sampler.batch(self.config.batch_size, self.part)
             x1, cond = x1.to(self.device), cond.to(self.device)
             if self.device.type == "cpu":
                 x1 = x1.contiguous(memory_format=torch.channels_last_3d)
@@ -227,30 +311,38 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = self.config.learning_rate
                 self.warmup_until = 0
-            loss = rectified_flow_loss(self.net, x1, cond, self.config.parameterization, self.generator)
+            x0, t = training_noise((self.config.batch_size, *x1.shape[1:]), self.config.late_time_fraction,
+                                   self.generator, self.device, x1.dtype)
+            loss = rectified_flow_loss(self.model, x1, cond, self.config.parameterization,
+                                       noise=(x0[self.part], t[self.part]))
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # DistributedDataParallel averages the gradients over the ranks here
             self.optimizer.step()
             self._update_ema()
             self.step += 1
             dt = time.monotonic() - t0
             self.wall += dt
-            losses.append(loss.item())
-            log.write(f"{self.step}\t{self.wall:.1f}\t{losses[-1]:.5f}\t{self.config.batch_size / dt:.2f}\n")
+            now = time.monotonic()
+            loss_value, checkpoint_due, out_of_time = self._agree(
+                loss, now - last_ckpt >= self.config.checkpoint_every_s,
+                time_budget_s is not None and now - start >= time_budget_s)
+            losses.append(loss_value)
+            if main:
+                log.write(f"{self.step}\t{self.wall:.1f}\t{losses[-1]:.5f}\t{self.config.batch_size / dt:.2f}\n")
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            now = time.monotonic()
-            out_of_time = time_budget_s is not None and now - start >= time_budget_s
-            if now - last_ckpt >= self.config.checkpoint_every_s or self.step >= total or out_of_time:
-                log.flush()
-                self.save_checkpoint()
+            if checkpoint_due or self.step >= total or out_of_time:
+                if main:
+                    log.flush()
+                    self.save_checkpoint()
                 last_ckpt = time.monotonic()
-                if on_checkpoint is not None:
+                if on_checkpoint is not None and main:
                     self.net.eval()
                     on_checkpoint(self)
                     self.net.train()
             if out_of_time:
                 break
         bar.close()
-        log.close()
+        if main:
+            log.close()
         return losses

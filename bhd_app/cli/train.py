@@ -4,6 +4,10 @@ Target-domain images come either from a BIDS dataset (every T1w goes through
 the participant-level preprocessing first) or from the physics simulator
 (``--synthetic N``: N subjects rendered by the target protocol, seeds 1000+).
 Running the same command again resumes from ``RUN_DIR/checkpoint.pt``.
+
+Several GPUs (one process each, on one or several nodes) train data-parallel under
+``torchrun --nproc_per_node N -m bhd_app.cli.train ...``; ``--batch-size`` is the
+global batch, split evenly over the processes, and rank 0 writes every file.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,12 +24,12 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..baselines import target_quantiles
+from ..baselines import target_quantiles, target_spectrum
 from ..edges import canny_edges
 from ..errors import BHDInputError
 from ..harmonize import HarmonizationModel, save_model, select_device
 from ..model import UNetConfig
-from ..training import PatchSampler, TrainConfig, Trainer
+from ..training import Distributed, PatchSampler, TrainConfig, Trainer
 
 SYNTHETIC_SEED0 = 1000
 
@@ -40,9 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lesion-every", type=int, default=3, help="--synthetic: every k-th subject has WM lesions")
     p.add_argument("--width", type=int, default=16, help="U-Net base width (paper: 64)")
     p.add_argument("--patch-size", type=int, default=48, help="cubic patch size (paper: 64)")
-    p.add_argument("--batch-size", type=int, default=4, help="paper: 8")
+    p.add_argument("--batch-size", type=int, default=4,
+                   help="global batch, split over the processes under torchrun (paper: 8)")
     p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (paper: 5e-5)")
     p.add_argument("--multi-stride-fraction", type=float, default=0.2)
+    p.add_argument("--late-time-fraction", type=float, default=0.0,
+                   help="share of training times drawn from U(0.5, 1) instead of U(0, 1) (paper: 0)")
     p.add_argument("--parameterization", choices=("velocity", "image"), default="image")
     p.add_argument("--steps", type=int, default=150_000, help="total steps (resume counts those done)")
     p.add_argument("--time-budget", type=float, help="stop after this many minutes in this call")
@@ -110,45 +118,98 @@ def load_or_make_data(args) -> tuple[list, list, list, dict]:
     arrays = {"n": len(images), "desc": json.dumps(desc)}
     for k in range(len(images)):
         arrays.update({f"image{k}": images[k].astype(np.float32), f"mask{k}": masks[k], f"edge{k}": edges[k]})
-    np.savez(cache, **arrays)
+    tmp = cache.with_name(cache.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, cache)  # other ranks wait for this file
     return data
+
+
+def wait_for(path: Path, poll_s: float = 2.0) -> None:
+    """Block until ``path`` exists (torchrun ends this process if rank 0 fails meanwhile)."""
+    while not path.exists():
+        time.sleep(poll_s)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.run_dir.mkdir(parents=True, exist_ok=True)
+    dist = Distributed.from_env()
     try:
+        if args.batch_size % dist.world_size:
+            raise BHDInputError(f"--batch-size {args.batch_size} is the global batch: it must be a multiple of "
+                                f"the {dist.world_size} torchrun processes")
         device = select_device(args.device)
+    except BHDInputError as err:
+        print(f"bhd-train: error: {err}", file=sys.stderr)
+        return 2
+    if dist.active:
+        device = dist.start(device)
+    try:
+        return train(args, dist, device)
+    finally:
+        if dist.active:
+            torch.distributed.destroy_process_group()
+
+
+def train(args: argparse.Namespace, dist: Distributed, device: torch.device) -> int:
+    """Prepare the data (rank 0; the other ranks read its cache), train, and export (rank 0)."""
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    if not dist.is_main:
+        wait_for(args.run_dir / "data.npz")
+    try:
         images, masks, edges, data_desc = load_or_make_data(args)
     except BHDInputError as err:
         print(f"bhd-train: error: {err}", file=sys.stderr)
         return 2
     config = TrainConfig(patch_size=args.patch_size, batch_size=args.batch_size, learning_rate=args.lr,
                          steps=args.steps, multi_stride_fraction=args.multi_stride_fraction,
-                         parameterization=args.parameterization, seed=args.seed,
+                         parameterization=args.parameterization, late_time_fraction=args.late_time_fraction,
+                         seed=args.seed,
                          checkpoint_every_s=args.checkpoint_minutes * 60, unet=UNetConfig(base_width=args.width))
     sampler = PatchSampler(images, edges, config.patch_size, config.multi_stride_fraction, seed=args.seed)
-    trainer = Trainer(config, sampler, args.run_dir, device)
+    trainer = Trainer(config, sampler, args.run_dir, device, dist)
     if trainer.step == 0 and args.compact_state and args.compact_state.exists():
         ema = None
         if args.export and args.export.exists():  # the exported model holds the EMA weights
             ema = {k: v.float() for k, v in torch.load(args.export, weights_only=True)["state_dict"].items()}
         trainer.load_compact_state(args.compact_state, ema)
-        print(f"starting from {args.compact_state} at step {trainer.step}", file=sys.stderr)
+        if dist.is_main:
+            print(f"starting from {args.compact_state} at step {trainer.step}", file=sys.stderr)
     quantiles = target_quantiles(images, masks)
-    validator = Validator(args.run_dir, quantiles, args.validate_minutes * 60) if args.validate_minutes else None
+    validator = None
+    if args.validate_minutes and dist.is_main:
+        validator = Validator(args.run_dir, quantiles, args.validate_minutes * 60)
     trainer.train(time_budget_s=args.time_budget * 60 if args.time_budget else None, on_checkpoint=validator)
+    if not dist.is_main:
+        return 0
     if args.compact_state:
         trainer.save_compact_state(args.compact_state)
     if args.export:
         card = {"bhd_version": __version__, "training": config.to_dict(), "training_data": data_desc,
                 "steps": trainer.step, "wall_time_s": round(trainer.wall, 1),
                 "final_loss": _recent_loss(args.run_dir / "loss.tsv")}
-        card = save_model(args.export, trainer.ema, config.parameterization, quantiles, card)
+        card = {**_curated_card_fields(args.export), **card}
+        card = save_model(args.export, trainer.ema, config.parameterization, quantiles, card,
+                          target_spectrum(images))
         print(f"exported {args.export} (sha256 {card['sha256'][:12]}...)")
     return 0
+
+
+CURATED_CARD_FIELDS = ("target_domain", "width_choice", "defaults", "validation", "status", "reproduce")
+
+
+def _curated_card_fields(model_path: Path) -> dict:
+    """Hand-written fields of an existing model card (target domain, chosen defaults, status) to keep on export.
+
+    ``validation`` and ``status`` describe the model at the step they name; re-measure after training.
+    """
+    card_path = model_path.with_suffix(".json")
+    if not card_path.exists():
+        return {}
+    old = json.loads(card_path.read_text())
+    return {k: old[k] for k in CURATED_CARD_FIELDS if k in old}
 
 
 def _recent_loss(log: Path, n: int = 200) -> float:
