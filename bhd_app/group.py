@@ -81,9 +81,14 @@ def site_separability(records: list[dict], key: str) -> float:
 
 
 def failed_jobs(out_dir: Path) -> list[str]:
-    """Crash files left by participant runs (one per failed node)."""
+    """Crash files left by participant runs (one per failed node or input check): what failed, the error."""
     logs = out_dir / "logs"
-    return sorted(p.name for p in logs.glob("crash-*")) if logs.exists() else []
+    failed = []
+    for crash in sorted(logs.glob("crash-*.txt")) if logs.exists() else []:
+        lines = [ln.strip() for ln in crash.read_text(errors="replace").splitlines() if ln.strip()]
+        what = lines[0].removeprefix("Node: ").removeprefix("bhd_participant_wf.") if lines else ""
+        failed.append(f"{what} {lines[-1] if len(lines) > 1 else ''} ({crash.name})")
+    return failed
 
 
 def write_group_tsv(records: list[dict], path: Path) -> None:

@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--method", choices=("bhd", "histmatch", "none"), default="bhd",
                    help="bhd (BlindHarmonyDiff), histmatch (histogram matching to the target domain), "
                         "none (preprocessing only)")
-    g.add_argument("--model", type=_existing_file, help="model file (.pt with its .json card); default: shipped")
+    g.add_argument("--model", type=lambda v: Path(v).expanduser().absolute(),  # a missing file: one-line error
+                   help="model file (.pt with its .json card); default: shipped")
     g.add_argument("--steps", type=_positive_int, default=2, help="ODE solver steps")
     g.add_argument("--solver", default="midpoint", choices=("euler", "midpoint", "rk4", "dopri5"),
                    help="torchdiffeq method (paper: midpoint)")

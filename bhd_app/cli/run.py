@@ -5,7 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
+import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from .. import __version__
@@ -36,18 +41,50 @@ def harmonization_settings(args, suffix: str) -> dict:
     }
 
 
-def check_inputs(jobs) -> tuple[list, list[tuple[object, str]]]:
-    """Open every input once (cheap checks) so that a bad file fails alone, with a one-line message."""
+def check_inputs(jobs, crash_dir: Path) -> tuple[list, list[tuple[object, str]]]:
+    """Open every input once (cheap checks) so that a bad file fails alone, with a one-line message.
+
+    Warnings (NaN voxels set to 0, ...) are logged as one line each; a bad input gets a crash file.
+    """
     from ..preprocessing import load_anatomical
 
     good, bad = [], []
     for job in jobs:
         try:
-            load_anatomical(job.path)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                load_anatomical(job.path)
+            for warning in caught:
+                LOGGER.warning("%s", warning.message)
             good.append(job)
         except BHDInputError as err:
             bad.append((job, str(err)))
+            crash_dir.mkdir(parents=True, exist_ok=True)
+            tag, stamp = job.name.replace("-", "_"), time.strftime("%Y%m%d-%H%M%S")
+            (crash_dir / f"crash-{stamp}-{tag}-input_check.txt").write_text(
+                f"Node: {tag}.input_check\nInput file: {job.path}\n\nBHDInputError: {err}\n")
     return good, bad
+
+
+@contextmanager
+def temporary_dir_in(work_dir: Path):
+    """Point TMPDIR (and Python's tempfile) at a fresh folder in the work directory; remove it at the end.
+
+    Libraries that write to the system temp folder (antspyx, nipype workers) then write there.
+    """
+    work_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="tmp-", dir=work_dir))
+    saved = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"], tempfile.tempdir = str(tmp), str(tmp)
+    try:
+        yield tmp
+    finally:
+        if saved[0] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved[0]
+        tempfile.tempdir = saved[1]
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run_participant(args) -> int:
@@ -64,20 +101,23 @@ def run_participant(args) -> int:
     filters = load_bids_filters(args.bids_filter_file) if args.bids_filter_file else None
     jobs = collect_jobs(layout, args.participant_label, args.session_label, filters, suffixes=tuple(args.contrasts))
     select_device(args.device)
+    if args.model is not None and not args.model.is_file():
+        raise BHDInputError(f"{args.model}: model file not found; check the --model path (a .pt file with its "
+                            ".json card, written by bhd-train)")
     if args.method != "none":
         load_model(args.model, "cpu")  # checks the model file and its sha256 once, before any job starts
     todo = [j for j in jobs if args.force or not job_is_complete(args.output_dir, j)]
     for job in jobs:
         if job not in todo:
             LOGGER.info("%s: derivatives complete, skipped (use --force to redo)", job.name)
-    todo, failed = check_inputs(todo)
+    crash_dir = args.output_dir / "logs"
+    todo, failed = check_inputs(todo, crash_dir)
     write_dataset_description(args.output_dir, args.bids_dir, __version__)
     if todo:
         nprocs = min(args.nprocs, len(todo))
         omp = args.omp_nthreads or max(args.nprocs // nprocs, 1)
         settings = {suffix: harmonization_settings(args, suffix) for suffix in args.contrasts}
         wf = init_participant_wf(todo, args.output_dir, args.bids_dir, work_dir, settings, args.device, omp)
-        crash_dir = args.output_dir / "logs"
         wf.config["execution"].update({"crashdump_dir": str(crash_dir), "crashfile_format": "txt",
                                        "stop_on_first_crash": False, "remove_unnecessary_outputs": False})
         plugin = args.plugin or ("MultiProc" if nprocs > 1 else "Linear")
@@ -87,10 +127,11 @@ def run_participant(args) -> int:
             plugin_args.setdefault("raise_insufficient", False)
         LOGGER.info("%d job(s) to run with nipype %s (%d at a time, %d thread(s) each); work dir %s",
                     len(todo), plugin, nprocs, omp, work_dir)
-        try:
-            wf.run(plugin=plugin, plugin_args=plugin_args)
-        except RuntimeError as err:
-            LOGGER.debug("nipype: %s", err)
+        with temporary_dir_in(work_dir):
+            try:
+                wf.run(plugin=plugin, plugin_args=plugin_args)
+            except RuntimeError as err:
+                LOGGER.debug("nipype: %s", err)
         for job in todo:
             if not job_is_complete(args.output_dir, job):
                 failed.append((job, _crash_message(crash_dir, job) or "failed; see the crash files in " + str(crash_dir)))
@@ -101,11 +142,21 @@ def run_participant(args) -> int:
     return EXIT_JOBS_FAILED if failed else 0
 
 
+def crash_files(crash_dir: Path, job) -> list[Path]:
+    """A job's crash files, oldest first: nipype's name only the node, their first line names the workflow."""
+    tag = job.name.replace("-", "_")
+    found = []
+    for crash in crash_dir.glob("crash-*.txt") if crash_dir.exists() else []:
+        with open(crash, errors="replace") as f:
+            first = f.readline()
+        if tag in crash.name or f".{tag}." in first:
+            found.append(crash)
+    return sorted(found, key=os.path.getmtime)
+
+
 def _crash_message(crash_dir: Path, job) -> str | None:
     """The last line of the newest crash file of a job's nodes (the user-facing error when there is one)."""
-    tag = job.name.replace("-", "_")
-    crashes = sorted(crash_dir.glob(f"crash-*{tag}*.txt"), key=os.path.getmtime) if crash_dir.exists() else []
-    for crash in reversed(crashes):
+    for crash in reversed(crash_files(crash_dir, job)):
         lines = [ln.strip() for ln in crash.read_text(errors="replace").splitlines() if ln.strip()]
         for line in reversed(lines):
             if "BHDInputError:" in line:
