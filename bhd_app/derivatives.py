@@ -58,7 +58,7 @@ def job_is_complete(out_dir: Path, job: Job) -> bool:
 
 
 def _report(job: Job, preproc_file: str, mask_file: str, edges_file: str, generated_file: str,
-            harmonized_file: str, timings: dict, harmonization: dict) -> str:
+            harmonized_file: str, timings: dict, harmonization: dict, preprocessing: dict) -> str:
     import nibabel as nib
     import numpy as np
 
@@ -75,6 +75,9 @@ def _report(job: Job, preproc_file: str, mask_file: str, edges_file: str, genera
                                                           "MagneticFieldStrength")),
              "NCC(harmonized, preprocessed) in the brain": round(ncc(harmonized, preproc, mask), 4),
              "brain volume (mL, template space)": round(float(mask.sum()) * 1.2 * 1.2 * 1.25 / 1000, 1),
+             "brain extraction": preprocessing["brain_extraction"].get("method"),
+             "normalization (input intensities mapped to 0 and 1)":
+                 [round(float(preprocessing["normalization"].get(k, np.nan)), 2) for k in ("low", "high")],
              **{f"time: {k} (s)": round(float(v), 1) for k, v in timings.items()},
              **{f"setting: {k}": v for k, v in harmonization.items()},
              "software": software_versions()}
@@ -131,7 +134,8 @@ def write_job_derivatives(job_json: str, out_dir: str, bids_dir: str, settings: 
     report = out_dir / f"{job.name}.html"
     report_tmp = report.with_name(f".{report.name}.tmp")
     report_tmp.write_text(_report(job, preproc_file, mask_file, edges_file, generated_file, harmonized_file,
-                                  {**pre["timings"]}, harmonization))
+                                  {**pre["timings"], "harmonization": har["seconds"]}, harmonization,
+                                  pre["settings"]))
     staged.append((report_tmp, report))
     for role, (src, sidecar) in contents.items():
         final = paths[role]

@@ -100,17 +100,23 @@ def _slices(volume: np.ndarray, n: int = 5) -> list[np.ndarray]:
     return [volume[:, :, k].T for k in picks]
 
 
-def mosaic(rows: list[tuple[str, np.ndarray, dict]], contour: np.ndarray | None = None,
-           contour_rows: tuple[int, ...] = ()) -> str:
-    """A grid of axial slices, one row per (label, volume, imshow options), as a data URI."""
+Contour = tuple[np.ndarray, float, str]  # (volume, iso-level, colour)
+
+
+def mosaic(rows: list[tuple[str, np.ndarray, dict]], contours: dict[int, list[Contour]] | None = None) -> str:
+    """A grid of axial slices, one row per (label, volume, imshow options), as a data URI.
+
+    ``contours`` maps a row index to the iso-lines drawn over that row's slices.
+    """
     n = 5
+    contours = contours or {}
     fig, axes = plt.subplots(len(rows), n, figsize=(2.1 * n, 2.3 * len(rows)), squeeze=False)
     for r, (label, volume, opts) in enumerate(rows):
         for c, sl in enumerate(_slices(volume, n)):
             ax = axes[r, c]
             ax.imshow(sl, origin="lower", **({"cmap": "gray"} | opts))
-            if contour is not None and r in contour_rows:
-                ax.contour(_slices(contour, n)[c], levels=[0.5], colors="tab:red", linewidths=0.6)
+            for line_volume, level, color in contours.get(r, []):
+                ax.contour(_slices(line_volume, n)[c], levels=[level], colors=color, linewidths=0.6)
             ax.set_axis_off()
         axes[r, 0].set_title(label, fontsize=9, loc="left")
     fig.subplots_adjust(wspace=0.02, hspace=0.15)
@@ -131,23 +137,25 @@ def participant_report_html(title: str, native: np.ndarray, preproc: np.ndarray,
                             template: np.ndarray, edges: np.ndarray, generated: np.ndarray,
                             harmonized: np.ndarray, facts: dict) -> str:
     """One job's report: input, preprocessing and registration, edge map, harmonization, provenance."""
-    template_edges = np.abs(np.gradient(template)[0]) + np.abs(np.gradient(template)[1])
-    template_outline = (template > 0.05 * template.max()).astype(float)
+    template = template / (float(np.percentile(template[template > 0], 99)) or 1.0)
+    outline, white_matter = (template, 0.05, "tab:red"), (template, 0.84, "yellow")  # brain; grey/white border
     difference = harmonized - preproc
     limit = float(np.abs(difference).max()) or 1.0
+    gray01 = {"vmin": 0, "vmax": 1}
     sections = [
         ("Input (native grid, as stored)", native_mosaic(native)),
         ("Preprocessed image with the brain mask (red)",
-         mosaic([("preprocessed", preproc, {"vmin": 0, "vmax": 1})], contour=mask, contour_rows=(0,))),
-        ("Registration: preprocessed image with the template's brain outline (red)",
-         mosaic([("preprocessed", preproc, {"vmin": 0, "vmax": 1}),
-                 ("template", template, {}), ("template gradient", template_edges, {"cmap": "magma"})],
-                contour=template_outline, contour_rows=(0,))),
+         mosaic([("preprocessed", preproc, gray01)], {0: [(mask, 0.5, "tab:red")]})),
+        ("Registration: the template's brain outline (red) and grey/white border (yellow) over the registered "
+         "image, and the template itself",
+         mosaic([("registered (preprocessed)", preproc, gray01), ("template", template, gray01)],
+                {0: [outline, white_matter], 1: [outline, white_matter]})),
         ("Edge map (section 3.2)", mosaic([("edge map", edges, {"cmap": "gray"})])),
-        ("Harmonization: edge-to-image output, after refinement, difference to the input",
-         mosaic([("edge-to-image output", generated, {"vmin": 0, "vmax": 1}),
-                 ("harmonized (refined)", harmonized, {"vmin": 0, "vmax": 1}),
-                 ("harmonized - preprocessed", difference, {"cmap": "RdBu_r", "vmin": -limit, "vmax": limit})])),
+        ("Harmonized image before refinement (edge-to-image output) and after refinement",
+         mosaic([("preprocessed (source)", preproc, gray01), ("before refinement", generated, gray01),
+                 ("after refinement (harmonized)", harmonized, gray01)])),
+        ("Difference map: harmonized - preprocessed",
+         mosaic([("difference", difference, {"cmap": "RdBu_r", "vmin": -limit, "vmax": limit})])),
     ]
     body = "".join(f"<h2>{html.escape(t)}</h2><img alt='{html.escape(t)}' src='{uri}'>" for t, uri in sections)
     rows = "".join(f"<tr><th style='text-align:left'>{html.escape(str(k))}</th><td style='text-align:left'>"
