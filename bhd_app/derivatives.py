@@ -106,10 +106,12 @@ def write_job_derivatives(job_json: str, out_dir: str, bids_dir: str, settings: 
     grid_fields = {"SpatialReference": SPATIAL_REFERENCE, "Resolution": {RESOLUTION_LABEL: RESOLUTION_TEXT},
                    "SkullStripped": True}
     common = {"PipelineSoftware": software_versions()}
-    harmonization = {k: v for k, v in settings.items() if k != "model"}
+    harmonization = {k: v for k, v in settings.items() if k not in ("model", "model_sha256")}
     harmonization.update(ModelFile=Path(har["model_file"]).name if har["model_file"] else None,
                          ModelSHA256=har["model_sha256"],
                          Device=har["device"], RefinementHistory=har["refinement_history"])
+    if "ssimh_cutoff" in har:  # DCT coefficients per axis swapped with the target average
+        harmonization["SSIMHCutoff"] = har["ssimh_cutoff"]
     contents = {
         "preproc": (preproc_file, {**grid_fields, **common, "Sources": [source],
                                    "Description": "Bias-corrected, brain-extracted, affinely registered and "

@@ -65,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--skip-bids-validation", action="store_true", help="do not validate the input dataset")
 
     g = p.add_argument_group("harmonization")
-    g.add_argument("--method", choices=("bhd", "histmatch", "none"), default="bhd",
+    g.add_argument("--method", choices=("bhd", "histmatch", "ssimh", "none"), default="bhd",
                    help="bhd (BlindHarmonyDiff), histmatch (histogram matching to the target domain), "
+                        "ssimh (low-frequency 3D DCT swap with the target-domain average), "
                         "none (preprocessing only)")
     g.add_argument("--model", type=lambda v: Path(v).expanduser().absolute(),  # a missing file: one-line error
                    help="model file (.pt with its .json card); default: shipped")

@@ -104,8 +104,13 @@ def run_participant(args) -> int:
     if args.model is not None and not args.model.is_file():
         raise BHDInputError(f"{args.model}: model file not found; check the --model path (a .pt file with its "
                             ".json card, written by bhd-train)")
+    model_sha256 = None
     if args.method != "none":
-        load_model(args.model, "cpu")  # checks the model file and its sha256 once, before any job starts
+        model = load_model(args.model, "cpu")  # checks the model file and its sha256 once, before any job starts
+        model_sha256 = model.sha256
+        if args.method == "ssimh" and model.target_spectrum is None:
+            raise BHDInputError(f"{model.path}: this model stores no target spectrum for --method ssimh; "
+                                "re-export it with bhd-train or choose another method")
     todo = [j for j in jobs if args.force or not job_is_complete(args.output_dir, j)]
     for job in jobs:
         if job not in todo:
@@ -116,7 +121,9 @@ def run_participant(args) -> int:
     if todo:
         nprocs = min(args.nprocs, len(todo))
         omp = args.omp_nthreads or max(args.nprocs // nprocs, 1)
-        settings = {suffix: harmonization_settings(args, suffix) for suffix in args.contrasts}
+        # The model's sha256 is part of the settings so that nipype's cache redoes harmonization for a new model.
+        settings = {suffix: {**harmonization_settings(args, suffix), "model_sha256": model_sha256}
+                    for suffix in args.contrasts}
         wf = init_participant_wf(todo, args.output_dir, args.bids_dir, work_dir, settings, args.device, omp)
         wf.config["execution"].update({"crashdump_dir": str(crash_dir), "crashfile_format": "txt",
                                        "stop_on_first_crash": False, "remove_unnecessary_outputs": False})
