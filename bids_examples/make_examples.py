@@ -58,7 +58,8 @@ def write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
-def main(out: Path) -> None:
+def main(out: Path, subjects: dict = SUBJECTS, ages: dict = AGES, sex: dict = SEX) -> None:
+    """Write the dataset; ``subjects`` maps a label to (anatomy seed, lesions, [(session, protocol), ...])."""
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -76,11 +77,11 @@ def main(out: Path) -> None:
         "ses-trio is the target domain (Siemens TIM Trio 3T MPRAGE, paper Table S1).\n")
     with open(out / "participants.tsv", "w") as f:
         f.write("participant_id\tage\tsex\n")
-        for sub in SUBJECTS:
-            f.write(f"sub-{sub}\t{AGES[sub]}\t{SEX[sub]}\n")
+        for sub in subjects:
+            f.write(f"sub-{sub}\t{ages[sub]}\t{sex[sub]}\n")
     write_json(out / "participants.json", {"age": {"Description": "age", "Units": "year"},
                                            "sex": {"Description": "sex", "Levels": {"F": "female", "M": "male"}}})
-    for sub, (seed, lesions, scans) in SUBJECTS.items():
+    for sub, (seed, lesions, scans) in subjects.items():
         anatomy = make_anatomy(seed, lesions=lesions)
         for k, (ses, protocol) in enumerate(scans):
             p = PROTOCOLS[protocol]
