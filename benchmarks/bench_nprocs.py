@@ -73,6 +73,7 @@ def run(nprocs: int, root: Path, labels: list[str], sessions: list[str]) -> dict
         peak = max(peak, tree_rss(proc.pid))
         time.sleep(0.2)
     wall = time.monotonic() - start
+    print(f"--nprocs {nprocs}: {wall:.0f} s, load average over the last 5 min {os.getloadavg()[1]:.2f}", flush=True)
     if proc.returncode:
         sys.exit(f"--nprocs {nprocs} failed ({proc.returncode}); see {root / f'log-n{nprocs}.txt'}")
     images = sorted(out.glob("sub-*/ses-*/anat/*space-MNI152NLin2009aSym*desc-harmonized_T1w.nii.gz"))
