@@ -112,3 +112,51 @@ def test_group_level_without_results_is_one_line_error(examples, tmp_path, capsy
     (tmp_path / "out").mkdir()
     assert main([str(ds), str(tmp_path / "out"), "group"]) == 2
     assert "run the participant level first" in capsys.readouterr().err
+
+
+def _rerun(run, out: Path, *extra: str) -> Path:
+    """The reference run's dataset and work folder (cached preprocessing), sub-02 ses-vida, into ``out``."""
+    work = run.args[run.args.index("-w") + 1]
+    assert main([str(run.ds), str(out), "participant", "-w", work, "--skip-bids-validation", "--nprocs", "1",
+                 "--participant-label", "02", "--session-label", "vida", *extra]) == 0
+    return out / "sub-02" / "ses-vida" / "anat"
+
+
+def _harmonized(anat: Path) -> tuple[np.ndarray, dict]:
+    path = next(anat.glob("*space-*desc-harmonized_T1w.nii.gz"))
+    sidecar = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
+    return np.asarray(nib.load(path).dataobj), sidecar
+
+
+def test_ssimh_method_through_the_cli(participant_run, tmp_path):
+    """--method ssimh: the target spectrum from the model file, the cutoff in the sidecar, other output than bhd."""
+    anat = _rerun(participant_run, tmp_path / "out", "--method", "ssimh")
+    image, sidecar = _harmonized(anat)
+    bhd_image, _ = _harmonized(participant_run.out / "sub-02" / "ses-vida" / "anat")
+    preproc = np.asarray(nib.load(next(anat.glob("*desc-preproc_T1w.nii.gz"))).dataobj)
+    assert sidecar["Harmonization"]["method"] == "ssimh" and sidecar["Harmonization"]["SSIMHCutoff"] == 16
+    assert image.min() >= 0 and image.max() <= 1
+    assert np.abs(image - preproc).mean() > 1e-3 and np.abs(image - bhd_image).mean() > 1e-3
+
+
+def test_a_new_model_redoes_cached_harmonization(participant_run, tmp_path):
+    """The work folder caches nodes; a model file replaced at the same path must not reuse the old output.
+
+    For a --model path nipype's own input hash (file size and time) already sees the change; the model's
+    sha256 in the node settings covers the shipped model too (its path is not among the settings).
+    """
+    import torch
+
+    from bhd_app.harmonize import load_model, save_model
+
+    model = load_model()
+    path = tmp_path / "model.pt"
+    save_model(path, model.net, model.parameterization, model.target_quantiles, {}, model.target_spectrum)
+    before, sidecar_before = _harmonized(_rerun(participant_run, tmp_path / "a", "--model", str(path)))
+    with torch.no_grad():
+        for p in model.net.parameters():
+            p.mul_(0.9)
+    save_model(path, model.net, model.parameterization, model.target_quantiles, {}, model.target_spectrum)
+    after, sidecar_after = _harmonized(_rerun(participant_run, tmp_path / "b", "--model", str(path)))
+    assert sidecar_after["Harmonization"]["ModelSHA256"] != sidecar_before["Harmonization"]["ModelSHA256"]
+    assert np.abs(after - before).max() > 1e-3
