@@ -85,6 +85,8 @@ class Preprocessed:
 # Step 1: load and check
 
 
+MIN_BRAIN_ML = 300.0  # smaller masks are failures of brain extraction (or not a brain image)
+
 def load_anatomical(path: str | os.PathLike) -> nib.Nifti1Image:
     """Load one 3D anatomical image as float32, or raise BHDInputError naming the file.
 
@@ -451,8 +453,11 @@ def preprocess(
         mask = extract_brain_template(n4, head.numpy() > 0, affine, work_dir, stem, seed)
     elif method == "nonzero":
         mask = ndi.binary_fill_holes(_largest_component(data > 0))
-    if not mask.any():
-        raise BHDInputError(f"{path}: brain extraction ({method}) found no brain; check the image or the method")
+    brain_ml = float(mask.sum() * abs(np.linalg.det(affine[:3, :3]))) / 1000.0
+    if brain_ml < MIN_BRAIN_ML:
+        raise BHDInputError(f"{path}: brain extraction ({method}) found {brain_ml:.0f} ml of brain (an adult brain "
+                            f"is about 1,000-1,600 ml); check the image is a brain MRI or try another "
+                            "--brain-extraction")
     lap("brain_extraction")
 
     # 4. affine registration of the brain to the template brain
