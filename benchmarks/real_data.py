@@ -103,15 +103,15 @@ def main() -> None:
     rows = []
     for sub, ses in (("ixi002", "guys"), ("stroke", "mri")):
         t1 = grid_image(root / "out-none", sub, ses, "*desc-preproc_T1w.nii.gz")
-        t1_mask = grid_image(root / "out-none", sub, ses, "*T1w*desc-brain_mask.nii.gz").numpy() > 0
+        t1_mask = grid_image(root / "out-none", sub, ses, "*desc-brain_mask.nii.gz").numpy() > 0
         t2 = grid_image(root / "out-none", sub, ses, "*desc-preproc_T2w.nii.gz")
         reg = ants.registration(t1, t2, type_of_transform="Affine", random_seed=1)
-        t2_mask = grid_image(root / "out-none", sub, ses, "*T2w*desc-brain_mask.nii.gz")
+        t2_mask = grid_image(root / "out-none", sub, ses, "*desc-brainT2w_mask.nii.gz")
         mask = t1_mask & (ants.apply_transforms(t1, t2_mask, reg["fwdtransforms"]).numpy() > 0.5)
         candidates = {"T2w (unconverted)": t2}
         for method in ("histmatch", "bhd"):
             candidates[method] = grid_image(root / f"out-{method}", sub, ses,
-                                            "*T2w*space-*desc-harmonized_T1w.nii.gz")
+                                            "*space-*desc-harmonizedT2w_T1w.nii.gz")
         for label, image in candidates.items():
             moved = ants.apply_transforms(t1, image, reg["fwdtransforms"]).numpy()
             row = {"subject": sub, "task": "T2w to T1w", "method": label,
