@@ -140,7 +140,9 @@ def participant_report_html(title: str, native: np.ndarray, preproc: np.ndarray,
     template = template / (float(np.percentile(template[template > 0], 99)) or 1.0)
     outline, white_matter = (template, 0.05, "tab:red"), (template, 0.84, "yellow")  # brain; grey/white border
     difference = harmonized - preproc
-    limit = float(np.abs(difference).max()) or 1.0
+    # 99th percentile inside the brain: a few extreme voxels must not wash the map out.
+    limit = float(np.percentile(np.abs(difference[mask > 0]), 99)) if mask.any() else 0.0
+    limit = limit or 1.0
     gray01 = {"vmin": 0, "vmax": 1}
     sections = [
         ("Input (native grid, as stored)", native_mosaic(native)),
@@ -154,7 +156,7 @@ def participant_report_html(title: str, native: np.ndarray, preproc: np.ndarray,
         ("Harmonized image before refinement (edge-to-image output) and after refinement",
          mosaic([("preprocessed (source)", preproc, gray01), ("before refinement", generated, gray01),
                  ("after refinement (harmonized)", harmonized, gray01)])),
-        ("Difference map: harmonized - preprocessed",
+        (f"Difference map: harmonized - preprocessed (colour range +/- {limit:.3f}, the 99th percentile in the brain)",
          mosaic([("difference", difference, {"cmap": "RdBu_r", "vmin": -limit, "vmax": limit})])),
     ]
     body = "".join(f"<h2>{html.escape(t)}</h2><img alt='{html.escape(t)}' src='{uri}'>" for t, uri in sections)
