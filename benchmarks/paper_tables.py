@@ -47,6 +47,7 @@ sys.path.insert(0, str(REPO / "bids_examples"))
 import make_examples  # noqa: E402
 
 from bhd_app.baselines import histogram_matching  # noqa: E402
+from bhd_app.cli.parser import build_parser  # noqa: E402
 from bhd_app.harmonize import load_model  # noqa: E402
 from bhd_app.metrics import psnr, ssim  # noqa: E402
 from bhd_app.refinement import refine  # noqa: E402
@@ -175,9 +176,10 @@ def main() -> None:
             generated = nib.load(one(work / "bhd_participant_wf" / job / "harmonize", "generated.nii.gz")).get_fdata()
             start = histogram_matching(source, brain, model.target_quantiles)
             if suffix == "T1w":
-                images["bhd refinement MI"] = refine(generated.astype(np.float32), source, brain, "mi")[0]
+                step = build_parser().get_default("refine_step")  # the participant level's NCC step
+                images["bhd refinement MI"] = refine(generated.astype(np.float32), source, brain, "mi", step)[0]
                 images["bhd no refinement"] = generated
-                images["no model (refined start)"] = refine(start, source, brain, "ncc")[0]
+                images["no model (refined start)"] = refine(start, source, brain, "ncc", step)[0]
             for method, image in images.items():
                 moved = to_target(image)
                 row = kept.get((seed, src, method))
