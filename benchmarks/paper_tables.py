@@ -140,7 +140,8 @@ def main() -> None:
         import shutil
 
         shutil.rmtree(root / "out-bhd", ignore_errors=True)
-        kept = {(r["seed"], r["protocol"], r["method"]): r for r in json.loads((root / "results.json").read_text())["rows"]
+        previous = json.loads((root / "results.json").read_text())["rows"]
+        kept = {(r["seed"], r["protocol"], r["method"]): r for r in previous
                 if not r["method"].startswith("bhd")}
     for method in METHODS:  # bhd last: its edge-to-image output stays in the work folder for the ablations
         timings[method] = round(run_app(ds, root / f"out-{method}", work, method, args.nprocs), 1)
@@ -166,7 +167,8 @@ def main() -> None:
 
             def to_target(image: np.ndarray, interpolator: str = "linear") -> np.ndarray:
                 moving = source_img.new_image_like(image.astype(np.float32))
-                return ants.apply_transforms(target_img, moving, reg["fwdtransforms"], interpolator=interpolator).numpy()
+                return ants.apply_transforms(target_img, moving, reg["fwdtransforms"],
+                                             interpolator=interpolator).numpy()
 
             mask = tmask & (to_target(smask) > 0.5)
             source, brain = source_img.numpy(), smask > 0
