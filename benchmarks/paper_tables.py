@@ -52,6 +52,7 @@ from bhd_app.harmonize import load_model  # noqa: E402
 from bhd_app.metrics import psnr, ssim  # noqa: E402
 from bhd_app.refinement import refine  # noqa: E402
 from bhd_app.simulation import PROTOCOLS, make_anatomy  # noqa: E402
+from traveling_subjects import lesion_and_shell, lesion_contrast  # noqa: E402
 
 SOURCES = ("sonata15t", "biograph3t", "vision15t", "vida3t", "t2w3t")
 QUICK_SOURCES = ("sonata15t", "vision15t", "t2w3t")
@@ -101,9 +102,7 @@ def lesion_truth(anatomy, target_native: Path, target_grid: ants.ANTsImage, xfm:
             nib.save(nib.Nifti1Image(native.astype(np.float32), img.affine), f"{tmp}/{name}.nii.gz")
             moving = ants.image_read(f"{tmp}/{name}.nii.gz")
             maps.append(ants.apply_transforms(target_grid, moving, [str(xfm)]).numpy())
-    lesion = maps[0] > 0.5
-    shell = ndimage.binary_dilation(lesion, iterations=3) & ~ndimage.binary_dilation(lesion, iterations=1)
-    return lesion, shell & (maps[1] > 0.9)
+    return lesion_and_shell(*maps)
 
 
 def atropos_labels(image: np.ndarray, mask: np.ndarray, like: ants.ANTsImage) -> np.ndarray:
@@ -157,7 +156,7 @@ def main() -> None:
         lesion, shell = lesion_truth(make_anatomy(seed, lesions=LESIONS), one(anat(ds, sub, "trio"), "*_T1w.nii.gz"),
                                      target_img, one(tdir, "*_xfm.mat"))
         target_seg = atropos_labels(target, tmask, target_img)
-        target_lc = float(target[lesion].mean() / target[shell].mean())
+        target_lc = lesion_contrast(target, lesion, shell)
         for src in sources:
             ses, suffix = SESSION[src], PROTOCOLS[src].suffix
             sdir = anat(root / "out-none", sub, ses)
@@ -189,7 +188,7 @@ def main() -> None:
                     row = {"seed": seed, "protocol": src, "method": method,
                            "psnr": round(psnr(moved, target, mask), 3), "ssim": round(ssim(moved, target, mask), 4),
                            "dice": round(dice(atropos_labels(moved, mask, target_img), target_seg * mask), 4),
-                           "lesion_contrast": round(float(moved[lesion].mean() / moved[shell].mean()), 3),
+                           "lesion_contrast": round(lesion_contrast(moved, lesion, shell), 3),
                            "target_lesion_contrast": round(target_lc, 3)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)

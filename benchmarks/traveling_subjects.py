@@ -38,10 +38,16 @@ def lesion_masks(anatomy, grid) -> tuple[np.ndarray, np.ndarray]:
     idx = np.indices(grid.shape, dtype=np.float32).reshape(3, -1)
     to_anat = np.linalg.inv(anatomy.affine) @ grid.affine
     coords = to_anat[:3, :3] @ idx + to_anat[:3, 3:4]
-    lesion = ndimage.map_coordinates(anatomy.fractions["lesion"], coords, order=1).reshape(grid.shape) > 0.5
-    wm = ndimage.map_coordinates(anatomy.fractions["wm"], coords, order=1).reshape(grid.shape) > 0.9
-    shell = ndimage.binary_dilation(lesion, iterations=3) & ~ndimage.binary_dilation(lesion, iterations=1) & wm
-    return lesion, shell
+    lesion = ndimage.map_coordinates(anatomy.fractions["lesion"], coords, order=1).reshape(grid.shape)
+    wm = ndimage.map_coordinates(anatomy.fractions["wm"], coords, order=1).reshape(grid.shape)
+    return lesion_and_shell(lesion, wm)
+
+
+def lesion_and_shell(lesion_fraction: np.ndarray, wm_fraction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lesion core (fraction > 0.5) and the white matter (> 0.9) 2-3 voxels around it."""
+    lesion = lesion_fraction > 0.5
+    shell = ndimage.binary_dilation(lesion, iterations=3) & ~ndimage.binary_dilation(lesion, iterations=1)
+    return lesion, shell & (wm_fraction > 0.9)
 
 
 def lesion_contrast(image: np.ndarray, lesion: np.ndarray, shell: np.ndarray) -> float:
