@@ -62,6 +62,13 @@ class HarmonizationModel:
     device: torch.device
     target_spectrum: np.ndarray | None = None  # SSIMH's low-frequency DCT block of the target average
 
+    def ssimh_spectrum(self) -> np.ndarray:
+        """The target spectrum that ``--method ssimh`` needs; a one-line error for models saved without it."""
+        if self.target_spectrum is None:
+            raise BHDInputError(f"{self.path}: this model stores no target spectrum for --method ssimh; "
+                                "re-export it with bhd-train or choose another method")
+        return self.target_spectrum
+
 
 def save_model(path: Path, net: EdgeToImageUNet, parameterization: str, target_quantiles: np.ndarray,
                card: dict, target_spectrum: np.ndarray | None = None) -> dict:

@@ -72,7 +72,6 @@ def run_harmonization(preproc_file: str, mask_file: str, settings: dict, device:
 
     from bhd_app.baselines import SSIMH_CUTOFF, histogram_matching, spectrum_swapping
     from bhd_app.edges import canny_edges
-    from bhd_app.errors import BHDInputError
     from bhd_app.harmonize import harmonize, load_model, select_device
     from bhd_app.workflows import save_nifti
 
@@ -94,10 +93,7 @@ def run_harmonization(preproc_file: str, mask_file: str, settings: dict, device:
         if method == "histmatch":
             out = histogram_matching(source, mask, model.target_quantiles)
         elif method == "ssimh":
-            if model.target_spectrum is None:
-                raise BHDInputError(f"{model.path}: this model stores no target spectrum for --method ssimh; "
-                                    "re-export it with bhd-train or use another method")
-            out = spectrum_swapping(source, mask, model.target_spectrum)
+            out = spectrum_swapping(source, mask, model.ssimh_spectrum())
         else:
             out = source.copy()
         result = {"edge_map": edge_map, "generated": out, "harmonized": out, "refinement_history": []}

@@ -11,6 +11,7 @@ import pytest
 
 from bhd_app import simulation
 from bhd_app.baselines import histogram_matching, spectrum_swapping, target_quantiles, target_spectrum
+from bhd_app.errors import BHDInputError
 from bhd_app.harmonize import load_model, save_model
 from bhd_app.metrics import psnr
 from bhd_app.model import EdgeToImageUNet, UNetConfig
@@ -67,3 +68,5 @@ def test_the_model_file_stores_the_target_spectrum(renders, tmp_path):
     np.testing.assert_array_equal(load_model(tmp_path / "m.pt").target_spectrum, spectrum)
     save_model(tmp_path / "old.pt", net, "image", target_quantiles([target], [mask]), {})
     assert load_model(tmp_path / "old.pt").target_spectrum is None
+    with pytest.raises(BHDInputError, match="no target spectrum"):
+        load_model(tmp_path / "old.pt").ssimh_spectrum()

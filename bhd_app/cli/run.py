@@ -108,9 +108,8 @@ def run_participant(args) -> int:
     if args.method != "none":
         model = load_model(args.model, "cpu")  # checks the model file and its sha256 once, before any job starts
         model_sha256 = model.sha256
-        if args.method == "ssimh" and model.target_spectrum is None:
-            raise BHDInputError(f"{model.path}: this model stores no target spectrum for --method ssimh; "
-                                "re-export it with bhd-train or choose another method")
+        if args.method == "ssimh":
+            model.ssimh_spectrum()  # a model saved without it is refused before any job starts
     todo = [j for j in jobs if args.force or not job_is_complete(args.output_dir, j)]
     for job in jobs:
         if job not in todo:
