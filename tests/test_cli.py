@@ -142,9 +142,11 @@ def test_ssimh_method_through_the_cli(participant_run, tmp_path):
 def test_a_new_model_redoes_cached_harmonization(participant_run, tmp_path):
     """The work folder caches nodes; a model file replaced at the same path must not reuse the old output.
 
-    For a --model path nipype's own input hash (file size and time) already sees the change; the model's
-    sha256 in the node settings covers the shipped model too (its path is not among the settings).
+    The replacement keeps the old file's size and modification time, which is all nipype's own input hash
+    looks at: only the model's sha256 in the node settings tells the two models apart.
     """
+    import os
+
     import torch
 
     from bhd_app.harmonize import load_model, save_model
@@ -156,7 +158,10 @@ def test_a_new_model_redoes_cached_harmonization(participant_run, tmp_path):
     with torch.no_grad():
         for p in model.net.parameters():
             p.mul_(0.9)
+    stat = path.stat()
     save_model(path, model.net, model.parameterization, model.target_quantiles, {}, model.target_spectrum)
+    assert path.stat().st_size == stat.st_size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     after, sidecar_after = _harmonized(_rerun(participant_run, tmp_path / "b", "--model", str(path)))
     assert sidecar_after["Harmonization"]["ModelSHA256"] != sidecar_before["Harmonization"]["ModelSHA256"]
     assert np.abs(after - before).max() > 1e-3
