@@ -18,12 +18,22 @@ import torch
 
 from bhd_app.baselines import histogram_matching
 from bhd_app.edges import canny_edges
-from bhd_app.harmonize import generate, load_model
+from bhd_app.harmonize import HarmonizationModel, generate, load_model
 from bhd_app.refinement import refine
 from bhd_app.validation import score, traveling_subjects
 
 SOURCES = ("sonata15t", "biograph3t", "vision15t", "vida3t")
 SETTINGS = [("none", 0.0)] + [("ncc", step) for step in (0.002, 0.005, 0.01, 0.02)] + [("mi", 0.02)]
+
+
+def load_for_benchmark(model_path: str | None, checkpoint: str | None) -> HarmonizationModel:
+    """The model file (default: the shipped one), with a training checkpoint's EMA weights if given."""
+    model = load_model(model_path)
+    if checkpoint:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        model.net.load_state_dict(state["ema"])
+        print(f"EMA weights of {checkpoint} at step {state['step']}")
+    return model
 
 
 def main() -> None:
@@ -32,11 +42,7 @@ def main() -> None:
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--start-time", type=float, default=0.7)
     args = p.parse_args()
-    model = load_model(args.model)
-    if args.checkpoint:
-        state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-        model.net.load_state_dict(state["ema"])
-        print(f"EMA weights of {args.checkpoint} at step {state['step']}")
+    model = load_for_benchmark(args.model, args.checkpoint)
     scores = {s: [] for s in SETTINGS}
     for subj in traveling_subjects(sources=SOURCES):
         edge_map, _ = canny_edges(subj.source)

@@ -142,21 +142,35 @@ def generate(model: HarmonizationModel, edge_map: np.ndarray, *, steps: int = 4,
 def harmonize(model: HarmonizationModel, source: np.ndarray, mask: np.ndarray, *, steps: int = 4,
               method: str = "midpoint", start_time: float = 0.0, start_from: str = "histmatch",
               refinement: str = "ncc", refine_step: float = 0.02, refine_iterations: int = 6,
-              refine_region: str = "brain", seed: int = 0) -> dict[str, np.ndarray | list]:
+              refine_region: str = "brain", refine_reference: str = "source", seed: int = 0,
+              samples: int = 1) -> dict[str, np.ndarray | list]:
     """Harmonize a preprocessed source image (on the grid, [0, 1], zero outside ``mask``).
 
     Returns the edge map, the edge-to-image output (``generated``), the refined
     image (``harmonized``) and the refinement's similarity history.
     ``start_from`` picks the image mixed into x_t0 when ``start_time`` > 0:
     ``histmatch`` (the source matched to the target histogram) or ``source``.
+    With ``samples`` > 1 the edge-to-image output is the average of that many
+    draws (seeds ``seed``, ``seed + 1``, ...): an estimate of the posterior mean
+    given the edge map, closer to the target on average, at ``samples`` times
+    the sampling cost. ``refine_reference`` is the image the refinement
+    correlates with: the ``source`` (paper) or the source matched to the target
+    histogram (``histmatch``: the same structure in intensities closer to the
+    target's, which NCC's invariance to linear maps alone cannot give).
     """
+    if refine_reference not in ("source", "histmatch"):
+        raise ValueError(f"unknown refinement reference {refine_reference!r}; choose source or histmatch")
     edge_map, _ = canny_edges(source)
+    matched = histogram_matching(source, mask, model.target_quantiles)
     start_image = None
     if start_time > 0:
-        start_image = histogram_matching(source, mask, model.target_quantiles) if start_from == "histmatch" else source
-    generated = generate(model, edge_map, steps=steps, method=method, start_time=start_time,
-                         start_image=start_image, seed=seed)
+        start_image = matched if start_from == "histmatch" else source
+    draws = [generate(model, edge_map, steps=steps, method=method, start_time=start_time, start_image=start_image,
+                      seed=seed + k) for k in range(samples)]
+    generated = draws[0] if samples == 1 else np.mean(draws, axis=0, dtype=np.float32)
     generated[mask == 0] = 0
-    harmonized, history = refine(generated, source, mask, refinement, refine_step, refine_iterations, refine_region)
+    reference = matched if refine_reference == "histmatch" else source
+    harmonized, history = refine(generated, reference, mask, refinement, refine_step, refine_iterations,
+                                 refine_region)
     harmonized[mask == 0] = 0
     return {"edge_map": edge_map, "generated": generated, "harmonized": harmonized, "refinement_history": history}

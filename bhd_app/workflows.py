@@ -84,7 +84,8 @@ def run_harmonization(preproc_file: str, mask_file: str, settings: dict, device:
     method = settings["method"]
     model = load_model(settings.get("model"), select_device(device)) if method != "none" else None
     kwargs = {k: settings[k] for k in ("steps", "method_ode", "start_time", "start_from", "refinement",
-                                       "refine_step", "refine_iterations", "refine_region", "seed")}
+                                       "refine_step", "refine_iterations", "refine_region", "refine_reference",
+                                       "seed", "samples")}
     kwargs["method"] = kwargs.pop("method_ode")
     if method == "bhd":
         result = harmonize(model, source, mask, **kwargs)

@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from bhd_app.cli.parser import DEFAULTS_T1W
 from bhd_app.cli.run import main
 
 from conftest import small_dataset as _small_dataset
@@ -78,6 +79,8 @@ def test_participant_level_end_to_end(participant_run):
     assert native.shape == source.shape and np.allclose(native.affine, source.affine, atol=1e-4)
     side = json.loads((anat / f"{stem}_{grid}_desc-harmonized_T1w.json").read_text())
     assert side["SkullStripped"] is True and len(side["Harmonization"]["ModelSHA256"]) == 64
+    assert side["Harmonization"]["start_time"] == DEFAULTS_T1W["start_time"]
+    assert side["Harmonization"]["samples"] == DEFAULTS_T1W["samples"]
     assert (anat / f"{stem}_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.mat").exists()
     report = (out / f"{stem}_T1w.html").read_text()
     assert report.count("data:image/png;base64,") >= 5 and "http" not in report.replace("http-equiv", "")

@@ -22,6 +22,7 @@ from bhd_app.metrics import ncc
 from bhd_app.harmonize import (HarmonizationModel, generate, harmonize, load_model, save_model, select_device,
                                sha256_of)
 from bhd_app.model import EdgeToImageUNet, UNetConfig
+from bhd_app.refinement import refine
 
 
 def random_net(seed: int = 0, zero_head: bool = False) -> EdgeToImageUNet:
@@ -184,6 +185,38 @@ def test_start_time_mixes_the_start_image_into_the_noise(small_subject, start_fr
     expected = from_flow_space(0.7 * to_flow_space(torch.from_numpy(start)) + 0.3 * noise).numpy()
     expected[mask == 0] = 0
     np.testing.assert_allclose(out["generated"], expected, atol=1e-6)
+
+
+def test_samples_average_the_draws_of_consecutive_seeds(small_subject):
+    """With a zero velocity each draw is its own x_t0; ``samples=2`` averages the draws of seeds 5 and 6."""
+    source, mask = small_subject["vision15t"], small_subject["mask"]
+    model = in_memory(random_net(4, zero_head=True))
+    out = harmonize(model, source, mask, steps=2, start_time=0.7, start_from="source", refinement="none",
+                    seed=5, samples=2)
+    draws = []
+    for seed in (5, 6):
+        noise = torch.randn((1, 1, *source.shape), generator=torch.Generator().manual_seed(seed))[0, 0]
+        draws.append(from_flow_space(0.7 * to_flow_space(torch.from_numpy(source)) + 0.3 * noise).numpy())
+    expected = np.mean(draws, axis=0)
+    expected[mask == 0] = 0
+    np.testing.assert_allclose(out["generated"], expected, atol=1e-6)
+    single = harmonize(model, source, mask, steps=2, start_time=0.7, start_from="source", refinement="none", seed=5)
+    assert np.abs(single["generated"] - out["generated"]).max() > 0.01
+
+
+def test_refinement_towards_the_histogram_matched_source(small_subject):
+    source, mask, target = small_subject["vision15t"], small_subject["mask"], small_subject["trio3t"]
+    quantiles = target_quantiles([target], [mask])
+    model = in_memory(random_net(6), quantiles=quantiles)
+    out = harmonize(model, source, mask, steps=2, refine_step=0.02, refine_reference="histmatch")
+    expected, _ = refine(out["generated"], histogram_matching(source, mask, quantiles), mask, "ncc", 0.02)
+    expected[mask == 0] = 0
+    np.testing.assert_allclose(out["harmonized"], expected, atol=1e-6)
+    towards_source = harmonize(model, source, mask, steps=2, refine_step=0.02)
+    np.testing.assert_array_equal(towards_source["generated"], out["generated"])
+    assert np.abs(towards_source["harmonized"] - out["harmonized"]).max() > 1e-3
+    with pytest.raises(ValueError, match="reference"):
+        harmonize(model, source, mask, steps=2, refine_reference="target")
 
 
 def test_generate_from_an_edge_map_is_edge_dependent():

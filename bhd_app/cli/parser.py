@@ -8,8 +8,9 @@ from pathlib import Path
 
 from .. import __version__
 
-DEFAULTS_T1W = {"start_time": 0.7, "refinement": "ncc"}  # chosen on the validation subjects (BENCHMARKS.md)
-DEFAULTS_CONTRAST_CONVERSION = {"start_time": 0.0, "refinement": "none"}
+# Chosen on the validation subjects (benchmarks/sampling_sweep.py, BENCHMARKS.md).
+DEFAULTS_T1W = {"start_time": 0.7, "samples": 1, "refinement": "ncc", "refine_reference": "source"}
+DEFAULTS_CONTRAST_CONVERSION = {"start_time": 0.0, "samples": 1, "refinement": "none", "refine_reference": "source"}
 
 
 def _existing_dir(value: str) -> Path:
@@ -79,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
                         f"source (default {DEFAULTS_T1W['start_time']} for T1w, 0 for T2w)")
     g.add_argument("--start-from", choices=("histmatch", "source"), default="histmatch",
                    help="the image mixed into the start when --start-time > 0")
+    g.add_argument("--samples", type=_positive_int,
+                   help="edge-to-image draws averaged before the refinement (closer to the target on average, "
+                        f"N times the sampling time; default {DEFAULTS_T1W['samples']} for T1w, "
+                        f"{DEFAULTS_CONTRAST_CONVERSION['samples']} for T2w)")
     g.add_argument("--refinement", choices=("ncc", "mi", "none"),
                    help="refinement objective (default: ncc for T1w, none for contrast conversion)")
     g.add_argument("--refine-step", type=float, default=0.005,
@@ -86,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the validation subjects, BENCHMARKS.md)")
     g.add_argument("--refine-iterations", type=int, default=6, help="refinement iterations (paper: 6)")
     g.add_argument("--refine-region", choices=("brain", "volume"), default="brain")
+    g.add_argument("--refine-reference", choices=("source", "histmatch"),
+                   help="the image the refinement correlates with: the source (paper) or the source matched to "
+                        f"the target histogram (default {DEFAULTS_T1W['refine_reference']} for T1w)")
     g.add_argument("--brain-extraction", choices=("auto", "deepbet", "template", "nonzero"), default="auto",
                    help="auto: the non-zero voxels of skull-stripped inputs, deepbet for T1w heads, "
                         "template-based otherwise; nonzero: the input is already skull-stripped")

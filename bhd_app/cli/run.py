@@ -32,10 +32,12 @@ def harmonization_settings(args, suffix: str) -> dict:
         "method_ode": args.solver,
         "start_time": defaults["start_time"] if args.start_time is None else args.start_time,
         "start_from": args.start_from,
+        "samples": defaults["samples"] if args.samples is None else args.samples,
         "refinement": defaults["refinement"] if args.refinement is None else args.refinement,
         "refine_step": args.refine_step,
         "refine_iterations": args.refine_iterations,
         "refine_region": args.refine_region,
+        "refine_reference": defaults["refine_reference"] if args.refine_reference is None else args.refine_reference,
         "brain_extraction": args.brain_extraction,
         "seed": args.seed,
     }

@@ -1,0 +1,74 @@
+#!/usr/bin/env python
+"""The T1w defaults on the validation traveling subjects (issue 9): sampling start, averaged draws, refinement.
+
+    python benchmarks/sampling_sweep.py [--model PATH] [--checkpoint RUN/checkpoint.pt] \
+        [--start-times 0.7 0.8 0.9] [--samples 2] [--steps 0.005 0.01] [--threads 1]
+
+Subjects 3001-3002 rendered by the four T1w source protocols. For every start time t0 the edge-to-image
+output is drawn ``--samples`` times (seeds 0, 1, ...; 2 midpoint steps from the noised histogram-matched
+source), the first 1, 2, 4, ... draws are averaged and refined (NCC, 6 iterations, in the brain) towards the
+source (the paper) or towards the histogram-matched source, with each refinement step, and scored against the
+same subject's target render inside the brain, next to histogram matching.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from bhd_app.baselines import histogram_matching
+from bhd_app.edges import canny_edges
+from bhd_app.harmonize import generate
+from bhd_app.refinement import refine
+from bhd_app.validation import score, traveling_subjects
+from refinement_sweep import SOURCES, load_for_benchmark
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None)
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--start-times", type=float, nargs="+", default=[0.7, 0.8, 0.9])
+    p.add_argument("--samples", type=int, default=2, help="draws per start time; averages of 1, 2, 4, ... scored")
+    p.add_argument("--steps", type=float, nargs="+", default=[0.005, 0.01], help="NCC refinement steps")
+    p.add_argument("--seeds", type=int, nargs="+", default=[3001, 3002])
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_for_benchmark(args.model, args.checkpoint)
+    counts = [n for n in (1, 2, 4, 8, 16) if n <= args.samples]
+    scores: dict[tuple, list] = {}
+    for subj in traveling_subjects(seeds=args.seeds, sources=SOURCES):
+        edge_map, _ = canny_edges(subj.source)
+        start = histogram_matching(subj.source, subj.mask, model.target_quantiles)
+        scores.setdefault((subj.protocol, "histmatch"), []).append(score(start, subj))
+        for t0 in args.start_times:
+            draws = [generate(model, edge_map, steps=2, start_time=t0, start_image=start, seed=k)
+                     for k in range(args.samples)]
+            for n in counts:
+                average = np.mean(draws[:n], axis=0)
+                average[subj.mask == 0] = 0
+                for name, reference in (("source", subj.source), ("histmatch", start)):
+                    for step in args.steps:
+                        out, _ = refine(average, reference, subj.mask, "ncc", step, 6, "brain")
+                        out[subj.mask == 0] = 0
+                        setting = f"t0 {t0}, {n} sample(s), NCC {step} to {name}"
+                        scores.setdefault((subj.protocol, setting), []).append(score(out, subj))
+        print(subj.seed, subj.protocol, {k[1]: tuple(np.round(v[-1], 3)) for k, v in scores.items()
+                                         if k[0] == subj.protocol}, flush=True)
+    settings = list(dict.fromkeys(k[1] for k in scores))
+    print("| setting | " + " | ".join(SOURCES) + " | worst PSNR / SSIM gap to histmatch |")
+    print("|---" * (len(SOURCES) + 2) + "|")
+    for s in settings:
+        gaps = [np.mean(scores[(src, s)], axis=0) - np.mean(scores[(src, "histmatch")], axis=0) for src in SOURCES]
+        worst = np.min(gaps, axis=0)
+        print(f"| {s} | " + " | ".join(f"{m[0]:.2f} / {m[1]:.3f}" for m in (np.mean(scores[(src, s)], axis=0)
+                                                                             for src in SOURCES))
+              + f" | {worst[0]:+.2f} / {worst[1]:+.3f} |")
+
+
+if __name__ == "__main__":
+    main()
