@@ -79,7 +79,9 @@ def refine(harmonized: np.ndarray, source: np.ndarray, mask: np.ndarray, objecti
     for _ in range(iterations):
         value, grad = gradient(x, s)
         history.append(value)
-        rms = np.sqrt(np.mean(grad**2)) + 1e-20
+        rms = np.sqrt(np.mean(grad**2))
+        if rms < 1e-12:  # already a maximum (x is a linear map of the source): nothing to refine
+            break
         x = np.clip(x + step * grad / rms, 0.0, 1.0)
     history.append(gradient(x, s)[0])
     out[sel] = x

@@ -55,6 +55,15 @@ def test_refinement_stays_in_range_and_in_the_brain(images):
     assert history[1] > history[0]
 
 
+def test_a_linear_map_of_the_source_is_left_unchanged(images):
+    """NCC is already 1 there (a maximum): the normalized step must not turn rounding noise into changes."""
+    source, mask = images["source"], images["mask"]
+    generated = np.where(mask > 0, 0.5 * source + 0.2, 0).astype(np.float32)
+    out, history = refine(generated, source, mask, "ncc", step=0.05)
+    np.testing.assert_allclose(out, generated, atol=1e-6)
+    assert history[0] == pytest.approx(1.0, abs=1e-9)
+
+
 def test_step_is_the_rms_intensity_change(images):
     """Away from the bounds, one iteration changes the region by an RMS of exactly ``step``."""
     mask = images["mask"]
