@@ -18,7 +18,10 @@ Scores:
   another scanner than the model's target, so this measures T1w-likeness, not harmonization;
 * real T1w inputs: no target-scanner image exists, so the script reports how far each method moves the
   input (SSIM to the source) and the group level's site separability (Guy's 1.5T vs Hammersmith 3T, with
-  the stroke 3T as a third site) before and after.
+  the stroke 3T as a third site) before and after;
+* the real lesion (Fig. 6): the stroke's chronic lesion, masked from its T2w (see ``stroke_lesion``) and
+  carried to the grid with the T1w job's own transform; its contrast against the surrounding tissue (mean
+  lesion / mean of a 2-voxel ring around it) in the input and in each method's harmonized T1w.
 
 Writes ``results.json`` and ``tables.md`` in OUT_DIR.
 """
@@ -35,9 +38,12 @@ from pathlib import Path
 import ants
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 
 from bhd_app.group import collect_results, site_separability
 from bhd_app.metrics import psnr, ssim
+from bhd_app.templates import GRID_SPACING
+from traveling_subjects import lesion_contrast
 
 METHODS = ("none", "histmatch", "bhd")
 PHILIPS = {"Manufacturer": "Philips"}
@@ -78,6 +84,46 @@ def grid_image(out: Path, sub: str, ses: str, pattern: str) -> ants.ANTsImage:
     if len(hits) != 1:
         raise RuntimeError(f"{out}: expected one {pattern} for sub-{sub} ses-{ses}, found {len(hits)}")
     return ants.image_read(str(hits[0]))
+
+
+def stroke_lesion(stroke: Path) -> nib.Nifti1Image:
+    """A mask of the stroke's chronic lesion on its native grid (no expert mask ships with the data).
+
+    The lesion is bright on T2w and lies in one hemisphere: voxels whose smoothed T2w exceeds the mirror
+    image's (flipped about the brain's centre along x, the left-right axis of this RAS image) by 0.25 of the
+    99th percentile, away from the brain's edge and from the mirrored CSF (so the enlarged ventricle on the
+    lesion's side is left out); the largest connected component, closed.
+    """
+    t1 = nib.load(stroke / "T1.nii.gz")
+    brain = ndimage.binary_fill_holes(np.asarray(t1.dataobj) > 0)
+    t2 = np.asarray(nib.load(stroke / "T2.nii.gz").dataobj, dtype=np.float64)
+    t2 = ndimage.gaussian_filter(t2 / np.percentile(t2[brain], 99), 1.5)
+    xs = np.flatnonzero(brain.any(axis=(1, 2)))
+    mirror = ndimage.shift(np.flip(t2, 0), (xs[0] + xs[-1] - (brain.shape[0] - 1), 0, 0), order=1)
+    candidate = ((t2 - mirror > 0.25) & (t2 > 0.35) & ndimage.binary_erosion(brain, iterations=4)
+                 & ~ndimage.binary_dilation(mirror > 0.45, iterations=3))
+    labels, n = ndimage.label(ndimage.binary_opening(candidate))
+    largest = 1 + int(np.argmax(ndimage.sum_labels(np.ones_like(t2), labels, range(1, n + 1))))
+    lesion = ndimage.binary_closing(labels == largest, iterations=2) & brain
+    return nib.Nifti1Image(lesion.astype(np.uint8), t1.affine)
+
+
+def lesion_rows(root: Path, shared: Path) -> list[dict]:
+    """The stroke lesion's contrast in the preprocessed input and in each method's harmonized T1w."""
+    grid = grid_image(root / "out-none", "stroke", "mri", "*desc-preproc_T1w.nii.gz")
+    xfm = sorted((root / "out-none" / "sub-stroke" / "ses-mri" / "anat").glob("*from-T1w_to-*_xfm.mat"))[0]
+    native = root / "stroke_lesion_mask.nii.gz"
+    nib.save(stroke_lesion(shared / "VolumeRenderingData" / "stroke"), native)
+    lesion = ants.apply_transforms(grid, ants.image_read(str(native)), [str(xfm)]).numpy() > 0.5
+    brain = grid_image(root / "out-none", "stroke", "mri", "*desc-brain_mask.nii.gz").numpy() > 0
+    ring = ndimage.binary_dilation(lesion, iterations=3) & ~ndimage.binary_dilation(lesion, iterations=1) & brain
+    images = {"T1w (input)": grid.numpy()}
+    for method in ("histmatch", "bhd"):
+        images[method] = grid_image(root / f"out-{method}", "stroke", "mri",
+                                    "*space-*desc-harmonized_T1w.nii.gz").numpy()
+    task = f"lesion contrast ({lesion.sum() * np.prod(GRID_SPACING) / 1000:.1f} ml on the grid)"
+    return [{"subject": "stroke", "task": task, "method": method,
+             "lesion_contrast": round(lesion_contrast(image, lesion, ring), 3)} for method, image in images.items()]
 
 
 def main() -> None:
@@ -128,10 +174,14 @@ def main() -> None:
             rows.append({"subject": sub, "task": "T1w: SSIM to the source", "method": method,
                          "ssim": round(ssim(image, source, mask), 3)})
             print(json.dumps(rows[-1]), flush=True)
+    for row in lesion_rows(root, args.shared):
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     (root / "results.json").write_text(json.dumps({"rows": rows, "cli_seconds": seconds,
                                                    "group": separability}, indent=1))
-    lines = ["| subject | task | method | PSNR | SSIM |", "|---|---|---|---|---|"]
-    lines += [f"| {r['subject']} | {r['task']} | {r['method']} | {r.get('psnr', '')} | {r['ssim']} |" for r in rows]
+    lines = ["| subject | task | method | PSNR | SSIM | lesion contrast |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['subject']} | {r['task']} | {r['method']} | {r.get('psnr', '')} | {r.get('ssim', '')} | "
+              f"{r.get('lesion_contrast', '')} |" for r in rows]
     (root / "tables.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print("CLI seconds:", seconds, "\nT1w site separability (mean pairwise W1):", separability)
