@@ -13,14 +13,16 @@
    affine; the paper used FSL FLIRT) and applies that transform to every method's harmonized image.
 4. Scores each against the target inside the brain: PSNR and SSIM (Table 1), Dice of a 3-class Atropos
    segmentation against the target's (Table 2), lesion contrast (mean lesion / surrounding white matter)
-   against the target's (Fig. 6). The refinement ablation (Table 4: NCC, MI, none) and the no-model
-   ablation (Table S3: the refinement applied to the histogram-matched start without the edge-to-image
-   model) reuse the bhd run's edge-to-image output, read from the work folder.
+   against the target's (Fig. 6). The refinement ablation (Table 4: NCC, MI, none) reuses the bhd run's
+   edge-to-image output, read from the work folder; Table S3's ablations are the unconditional variant (the
+   bhd defaults with random edges, as in the paper) and two without the edge-to-image model: the refinement
+   applied to the target-domain average (the paper's; here its low-frequency block stored for SSIMH) and to
+   the histogram-matched start of bhd's default T1w sampling.
 5. Writes ``results.json``, ``tables.md`` and ``mosaic.png`` (one axial slice per protocol and method) in
    OUT_DIR.
 
 Lesion masks come from the simulator's anatomy, resampled onto each target's grid with the run's own
-transform. Multi-stride vs simple patches (Table S4) needs two trained models and is not part of this script.
+transform. Multi-stride vs simple patches (Table S4) needs two trained models: ``patch_ablation.py``.
 """
 
 from __future__ import annotations
@@ -46,9 +48,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bids_examples"))
 import make_examples  # noqa: E402
 
-from bhd_app.baselines import histogram_matching  # noqa: E402
-from bhd_app.cli.parser import build_parser  # noqa: E402
-from bhd_app.harmonize import load_model  # noqa: E402
+from bhd_app.baselines import histogram_matching, spectrum_swapping  # noqa: E402
+from bhd_app.cli.parser import DEFAULTS_T1W, build_parser  # noqa: E402
+from bhd_app.edges import canny_edges  # noqa: E402
+from bhd_app.harmonize import generate, load_model  # noqa: E402
 from bhd_app.metrics import psnr, ssim  # noqa: E402
 from bhd_app.refinement import refine  # noqa: E402
 from bhd_app.simulation import PROTOCOLS, make_anatomy  # noqa: E402
@@ -117,6 +120,25 @@ def dice(a: np.ndarray, b: np.ndarray, labels=(1, 2, 3)) -> float:
                           for k in labels]))
 
 
+def unconditional(model, source: np.ndarray, brain: np.ndarray, start: np.ndarray, reference: np.ndarray,
+                  step: float, seed: int) -> np.ndarray:
+    """Table S3's unconditional variant (S3): the participant level's T1w defaults with a random edge condition.
+
+    As in the paper, no separate model: the source's edge map is replaced by as many edge voxels placed at
+    random in the brain.
+    """
+    edge_map, _ = canny_edges(source)
+    random_edges = np.zeros_like(edge_map)
+    rng = np.random.default_rng(seed)
+    random_edges.flat[rng.choice(np.flatnonzero(brain), size=int(edge_map.sum()), replace=False)] = 1
+    steps = build_parser().get_default("steps")
+    draws = [generate(model, random_edges, steps=steps, start_time=DEFAULTS_T1W["start_time"], start_image=start,
+                      seed=k) for k in range(DEFAULTS_T1W["samples"])]
+    generated = np.mean(draws, axis=0, dtype=np.float32)
+    generated[~brain] = 0
+    return refine(generated, reference, brain, "ncc", step)[0]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out_dir", type=Path)
@@ -141,7 +163,7 @@ def main() -> None:
         shutil.rmtree(root / "out-bhd", ignore_errors=True)
         previous = json.loads((root / "results.json").read_text())["rows"]
         kept = {(r["seed"], r["protocol"], r["method"]): r for r in previous
-                if not r["method"].startswith("bhd")}
+                if r["method"] in METHODS and r["method"] != "bhd"}
     for method in METHODS:  # bhd last: its edge-to-image output stays in the work folder for the ablations
         timings[method] = round(run_app(ds, root / f"out-{method}", work, method, args.nprocs), 1)
         print(f"{method}: {timings[method]} s", flush=True)
@@ -176,11 +198,17 @@ def main() -> None:
             job = f"sub_{sub}_ses_{ses}_{suffix}".replace("-", "_")
             generated = nib.load(one(work / "bhd_participant_wf" / job / "harmonize", "generated.nii.gz")).get_fdata()
             start = histogram_matching(source, brain, model.target_quantiles)
-            if suffix == "T1w":
-                step = build_parser().get_default("refine_step")  # the participant level's NCC step
-                images["bhd refinement MI"] = refine(generated.astype(np.float32), source, brain, "mi", step)[0]
+            if suffix == "T1w":  # the participant level's refinement step and reference
+                step = build_parser().get_default("refine_step")
+                reference = start if DEFAULTS_T1W["refine_reference"] == "histmatch" else source
+                images["bhd refinement MI"] = refine(generated.astype(np.float32), reference, brain, "mi", step)[0]
                 images["bhd no refinement"] = generated
-                images["no model (refined start)"] = refine(start, source, brain, "ncc", step)[0]
+                images["no model: histogram-matched start + NCC to the source"] = refine(start, source, brain, "ncc",
+                                                                                          step)[0]
+                average = spectrum_swapping(np.zeros_like(source), brain, model.ssimh_spectrum())
+                images["no model: target average + NCC"] = refine(average, reference, brain, "ncc", step)[0]
+                images["unconditional (random edges)"] = unconditional(model, source, brain, start, reference, step,
+                                                                       seed)
             for method, image in images.items():
                 moved = to_target(image)
                 row = kept.get((seed, src, method))

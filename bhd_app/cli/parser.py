@@ -9,7 +9,7 @@ from pathlib import Path
 from .. import __version__
 
 # Chosen on the validation subjects (benchmarks/sampling_sweep.py, BENCHMARKS.md).
-DEFAULTS_T1W = {"start_time": 0.7, "samples": 1, "refinement": "ncc", "refine_reference": "source"}
+DEFAULTS_T1W = {"start_time": 0.9, "samples": 1, "refinement": "ncc", "refine_reference": "histmatch"}
 DEFAULTS_CONTRAST_CONVERSION = {"start_time": 0.0, "samples": 1, "refinement": "none", "refine_reference": "source"}
 
 
