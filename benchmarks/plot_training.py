@@ -3,7 +3,8 @@
 
     python benchmarks/plot_training.py RUN_DIR [OUT.png]
 
-Reads ``RUN_DIR/loss.tsv`` and ``RUN_DIR/validation.tsv`` written by ``bhd-train``.
+Reads ``RUN_DIR/loss.tsv`` and ``RUN_DIR/validation.tsv`` written by ``bhd-train``; the validation curves use the
+first row's (fixed) settings, and rows at other settings (the participant defaults) are drawn as a second bhd line.
 """
 
 from __future__ import annotations
@@ -36,16 +37,26 @@ def main(run_dir: Path, out: Path) -> None:
     axes[0].plot(steps[k - 1:], smooth, color="k")
     axes[0].set(xlabel="step", ylabel="training loss", yscale="log", title="loss")
     if val:
+        fixed = val[0]["settings"]  # the campaign's fixed settings; later rows may add the participant defaults
         by_step: dict[int, list[dict]] = {}
         for r in val:
-            by_step.setdefault(int(r["step"]), []).append(r)
+            if r["settings"] == fixed:
+                by_step.setdefault(int(r["step"]), []).append(r)
         vs = sorted(by_step)
         hours = [float(by_step[s][0]["wall_s"]) / 3600 for s in vs]
+        defaults: dict[int, list[dict]] = {}
+        for r in val:
+            if r["settings"] != fixed:
+                defaults.setdefault(int(r["step"]), []).append(r)
         for ax, metric in zip(axes[1:], ("psnr", "ssim")):
             for method, color in (("bhd", "tab:blue"), ("generated", "tab:cyan"), ("histmatch", "tab:red"),
                                   ("source", "0.5")):
                 ys = [np.mean([float(r[f"{method}_{metric}"]) for r in by_step[s]]) for s in vs]
-                ax.plot(vs, ys, "o-", color=color, label=method)
+                ax.plot(vs, ys, "o-", color=color, label="bhd (fixed settings)" if method == "bhd" else method)
+            if defaults:
+                ds = sorted(defaults)
+                ys = [np.mean([float(r[f"bhd_{metric}"]) for r in defaults[s]]) for s in ds]
+                ax.plot(ds, ys, "s--", color="tab:green", label="bhd (participant defaults)")
             ax.set(xlabel="step", ylabel=f"validation {metric.upper()} (brain)", title=metric.upper())
             top = ax.secondary_xaxis("top", functions=(lambda x, vs=vs, h=hours: np.interp(x, vs, h),
                                                        lambda x, vs=vs, h=hours: np.interp(x, h, vs)))

@@ -265,3 +265,36 @@ def test_compact_state_round_trip(tmp_path):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-4)
     losses = second.train(steps=5, progress=False)
     assert len(losses) == 2 and all(np.isfinite(losses))
+
+
+@pytest.fixture(scope="module")
+def small_subject_pair(anatomy, small_grid):
+    """A traveling subject on the 32^3 grid: Vision 1.5T source, Trio 3T target render, brain mask."""
+    from bhd_app import simulation
+
+    reference, mask = simulation.render_on_grid(anatomy, simulation.PROTOCOLS["trio3t"], 1, small_grid)
+    source, _ = simulation.render_on_grid(anatomy, simulation.PROTOCOLS["vision15t"], 2, small_grid)
+    return source, reference, mask
+
+
+def test_validator_logs_the_fixed_settings_and_the_participant_defaults(target, small_subject_pair, tmp_path):
+    """Each checkpoint's validation writes one row per subject for each of the two settings, every metric."""
+    import csv
+    import json
+
+    from bhd_app.baselines import target_quantiles
+    from bhd_app.cli.parser import DEFAULTS_T1W
+    from bhd_app.cli.train import Validator, participant_t1w_settings
+    from bhd_app.validation import TravelingSubject
+
+    source, reference, mask = small_subject_pair
+    subjects = [TravelingSubject(1, "vision15t", source, reference, mask)]
+    trainer = Trainer(tiny_config(steps=1), crop_sampler(target), tmp_path, torch.device("cpu"))
+    trainer.train(progress=False)
+    Validator(tmp_path, target_quantiles([reference], [mask]), 0.0, subjects)(trainer)
+    with open(tmp_path / "validation.tsv") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert [json.loads(r["settings"]) for r in rows] == [Validator.FIXED_SETTINGS, participant_t1w_settings()]
+    assert json.loads(rows[1]["settings"])["start_time"] == DEFAULTS_T1W["start_time"]
+    assert all(r["step"] == "1" and np.isfinite(float(r["bhd_psnr"])) for r in rows)
+    assert rows[0]["bhd_psnr"] != rows[1]["bhd_psnr"]

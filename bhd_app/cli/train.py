@@ -30,6 +30,8 @@ from ..errors import BHDInputError
 from ..harmonize import HarmonizationModel, save_model, select_device
 from ..model import UNetConfig
 from ..training import Distributed, PatchSampler, TrainConfig, Trainer
+from .parser import DEFAULTS_T1W
+from .parser import build_parser as build_participant_parser
 
 SYNTHETIC_SEED0 = 1000
 
@@ -218,19 +220,30 @@ def _recent_loss(log: Path, n: int = 200) -> float:
     return round(float(np.mean(losses[-n:])), 5)
 
 
+def participant_t1w_settings() -> dict:
+    """The participant level's T1w harmonization defaults (what users get), as ``harmonize`` keywords."""
+    parser = build_participant_parser()
+    return {"steps": parser.get_default("steps"), "refine_step": parser.get_default("refine_step"), **DEFAULTS_T1W}
+
+
 class Validator:
-    """Scores the EMA network on validation traveling subjects, at most every ``every_s`` seconds."""
+    """Scores the EMA network on validation traveling subjects, at most every ``every_s`` seconds.
 
-    SETTINGS = {"start_time": 0.5, "steps": 2, "refinement": "ncc"}
+    Two rows per subject and checkpoint: the fixed settings the curve has used since step 1 (comparable over
+    the whole campaign) and the participant level's current T1w defaults.
+    """
 
-    def __init__(self, run_dir: Path, quantiles: np.ndarray, every_s: float):
+    FIXED_SETTINGS = {"start_time": 0.5, "steps": 2, "refinement": "ncc"}
+
+    def __init__(self, run_dir: Path, quantiles: np.ndarray, every_s: float, subjects: list | None = None):
         from ..validation import traveling_subjects
 
         self.log = run_dir / "validation.tsv"
         self.quantiles = quantiles
         self.every_s = every_s
         self.last = -float("inf")
-        self.subjects = traveling_subjects()
+        self.subjects = traveling_subjects() if subjects is None else subjects
+        self.settings = [self.FIXED_SETTINGS, participant_t1w_settings()]
 
     def __call__(self, trainer: Trainer) -> None:
         from ..validation import validate
@@ -240,17 +253,20 @@ class Validator:
         self.last = time.monotonic()
         model = HarmonizationModel(trainer.ema, trainer.config.parameterization, self.quantiles, {}, Path("ema"),
                                    "", trainer.device)
-        rows = validate(model, self.subjects, **self.SETTINGS)
-        new = not self.log.exists()
-        with open(self.log, "a") as f:
-            keys = list(rows[0])
-            if new:
-                f.write("\t".join(["step", "wall_s", "settings"] + keys) + "\n")
-            for row in rows:
-                values = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()]
-                f.write("\t".join([str(trainer.step), f"{trainer.wall:.0f}", json.dumps(self.SETTINGS)] + values) + "\n")
-        mean = {k: np.mean([r[k] for r in rows]) for k in ("histmatch_ssim", "bhd_ssim", "histmatch_psnr", "bhd_psnr")}
-        print(f"\nvalidation step {trainer.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in mean.items()), file=sys.stderr)
+        for settings in self.settings:
+            rows = validate(model, self.subjects, **settings)
+            new = not self.log.exists()
+            with open(self.log, "a") as f:
+                if new:
+                    f.write("\t".join(["step", "wall_s", "settings"] + list(rows[0])) + "\n")
+                for row in rows:
+                    values = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()]
+                    f.write("\t".join([str(trainer.step), f"{trainer.wall:.0f}", json.dumps(settings)] + values)
+                            + "\n")
+            mean = {k: np.mean([r[k] for r in rows])
+                    for k in ("histmatch_ssim", "bhd_ssim", "histmatch_psnr", "bhd_psnr")}
+            print(f"\nvalidation step {trainer.step} {json.dumps(settings)}: "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in mean.items()), file=sys.stderr)
 
 
 if __name__ == "__main__":
