@@ -4,7 +4,8 @@
     python benchmarks/refinement_sweep.py [--model PATH] [--checkpoint RUN_DIR/checkpoint.pt]
 
 Subjects 3001-3002 rendered on the grid by four source protocols; each source's edge-to-image output (start
-t0 from the histogram-matched source, 2 midpoint steps, seed 0) is refined with every setting and scored
+t0 from the histogram-matched source, 2 midpoint steps, seed 0) is refined towards the source (the paper's
+reference; ``sampling_sweep.py`` compares it with the histogram-matched one) with every setting and scored
 against the same subject's target render inside the brain. ``--checkpoint`` scores a training checkpoint's
 EMA weights instead of the model file's.
 """
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from bhd_app.baselines import histogram_matching
+from bhd_app.cli.parser import DEFAULTS_T1W
 from bhd_app.edges import canny_edges
 from bhd_app.harmonize import HarmonizationModel, generate, load_model
 from bhd_app.refinement import refine
@@ -40,7 +42,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None)
     p.add_argument("--checkpoint", default=None)
-    p.add_argument("--start-time", type=float, default=0.7)
+    p.add_argument("--start-time", type=float, default=DEFAULTS_T1W["start_time"])
     args = p.parse_args()
     model = load_for_benchmark(args.model, args.checkpoint)
     scores = {s: [] for s in SETTINGS}

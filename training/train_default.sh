@@ -4,7 +4,7 @@
 # (with Adam moments) stays in training/default-w16/ (git-ignored), the compact state and the exported
 # model are committed, and a fresh clone continues from them (fresh optimizer, 200-step warm-up).
 # Since step 685: lr 1e-4 (2e-4 was noisy) and half of the training times drawn from U(0.5, 1), where the
-# T1w sampling (start 0.7) integrates. Pass --threads 1 to leave a core free for other work.
+# T1w sampling (start 0.7 then, 0.9 since session 3) integrates. Pass --threads 1 to leave a core free for other work.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec bhd-train training/default-w16 --synthetic 16 --width 16 --patch-size 48 --batch-size 4 --lr 1e-4 \
