@@ -112,6 +112,14 @@ def small_grid() -> Grid:
     return Grid((32, 32, 32), affine)
 
 
+@pytest.fixture(scope="session")
+def small_subject(anatomy, small_grid):
+    """The simulated subject on the 32^3 grid: target (trio3t) and source (vision15t) images, brain mask."""
+    trio, mask = simulation.render_on_grid(anatomy, simulation.PROTOCOLS["trio3t"], 1, small_grid)
+    vision, _ = simulation.render_on_grid(anatomy, simulation.PROTOCOLS["vision15t"], 2, small_grid)
+    return {"trio3t": trio, "vision15t": vision, "mask": mask}
+
+
 # ---------------------------------------------------------------------------------------------- the example dataset
 
 

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from bhd_app import simulation
 from bhd_app.baselines import histogram_matching, target_quantiles
 from bhd_app.errors import BHDInputError
 from bhd_app.flow import from_flow_space, to_flow_space
@@ -38,14 +37,6 @@ def in_memory(net: EdgeToImageUNet, parameterization: str = "velocity",
               quantiles: np.ndarray | None = None) -> HarmonizationModel:
     q = np.linspace(0, 1, 11, dtype=np.float32) if quantiles is None else quantiles
     return HarmonizationModel(net, parameterization, q, {}, None, "", torch.device("cpu"))
-
-
-@pytest.fixture(scope="module")
-def small_subject(anatomy, small_grid):
-    """The simulated subject on the 32^3 grid: target (trio3t) and source (vision15t) images, brain mask."""
-    trio, mask = simulation.render_on_grid(anatomy, simulation.PROTOCOLS["trio3t"], 1, small_grid)
-    vision, _ = simulation.render_on_grid(anatomy, simulation.PROTOCOLS["vision15t"], 2, small_grid)
-    return {"trio3t": trio, "vision15t": vision, "mask": mask}
 
 
 @pytest.fixture

@@ -267,17 +267,7 @@ def test_compact_state_round_trip(tmp_path):
     assert len(losses) == 2 and all(np.isfinite(losses))
 
 
-@pytest.fixture(scope="module")
-def small_subject_pair(anatomy, small_grid):
-    """A traveling subject on the 32^3 grid: Vision 1.5T source, Trio 3T target render, brain mask."""
-    from bhd_app import simulation
-
-    reference, mask = simulation.render_on_grid(anatomy, simulation.PROTOCOLS["trio3t"], 1, small_grid)
-    source, _ = simulation.render_on_grid(anatomy, simulation.PROTOCOLS["vision15t"], 2, small_grid)
-    return source, reference, mask
-
-
-def test_validator_logs_the_fixed_settings_and_the_participant_defaults(target, small_subject_pair, tmp_path):
+def test_validator_logs_the_fixed_settings_and_the_participant_defaults(target, small_subject, tmp_path):
     """Each checkpoint's validation writes one row per subject for each of the two settings, every metric."""
     import csv
     import json
@@ -287,7 +277,7 @@ def test_validator_logs_the_fixed_settings_and_the_participant_defaults(target, 
     from bhd_app.cli.train import Validator, participant_t1w_settings
     from bhd_app.validation import TravelingSubject
 
-    source, reference, mask = small_subject_pair
+    source, reference, mask = small_subject["vision15t"], small_subject["trio3t"], small_subject["mask"]
     subjects = [TravelingSubject(1, "vision15t", source, reference, mask)]
     trainer = Trainer(tiny_config(steps=1), crop_sampler(target), tmp_path, torch.device("cpu"))
     trainer.train(progress=False)
