@@ -49,9 +49,9 @@ sys.path.insert(0, str(REPO / "bids_examples"))
 import make_examples  # noqa: E402
 
 from bhd_app.baselines import histogram_matching, spectrum_swapping  # noqa: E402
-from bhd_app.cli.parser import DEFAULTS_T1W, build_parser  # noqa: E402
+from bhd_app.cli.parser import t1w_defaults  # noqa: E402
 from bhd_app.edges import canny_edges  # noqa: E402
-from bhd_app.harmonize import generate, load_model  # noqa: E402
+from bhd_app.harmonize import harmonize, load_model  # noqa: E402
 from bhd_app.metrics import psnr, ssim  # noqa: E402
 from bhd_app.refinement import refine  # noqa: E402
 from bhd_app.simulation import PROTOCOLS, make_anatomy  # noqa: E402
@@ -120,23 +120,16 @@ def dice(a: np.ndarray, b: np.ndarray, labels=(1, 2, 3)) -> float:
                           for k in labels]))
 
 
-def unconditional(model, source: np.ndarray, brain: np.ndarray, start: np.ndarray, reference: np.ndarray,
-                  step: float, seed: int) -> np.ndarray:
-    """Table S3's unconditional variant (S3): the participant level's T1w defaults with a random edge condition.
+def random_edges(source: np.ndarray, brain: np.ndarray, seed: int) -> np.ndarray:
+    """Table S3's unconditional condition: as many edge voxels as the source's edge map, at random in the brain.
 
-    As in the paper, no separate model: the source's edge map is replaced by as many edge voxels placed at
-    random in the brain.
+    As in the paper, the unconditional variant needs no separate model, only this random edge condition.
     """
     edge_map, _ = canny_edges(source)
-    random_edges = np.zeros_like(edge_map)
+    edges = np.zeros_like(edge_map)
     rng = np.random.default_rng(seed)
-    random_edges.flat[rng.choice(np.flatnonzero(brain), size=int(edge_map.sum()), replace=False)] = 1
-    steps = build_parser().get_default("steps")
-    draws = [generate(model, random_edges, steps=steps, start_time=DEFAULTS_T1W["start_time"], start_image=start,
-                      seed=k) for k in range(DEFAULTS_T1W["samples"])]
-    generated = np.mean(draws, axis=0, dtype=np.float32)
-    generated[~brain] = 0
-    return refine(generated, reference, brain, "ncc", step)[0]
+    edges.flat[rng.choice(np.flatnonzero(brain), size=int(edge_map.sum()), replace=False)] = 1
+    return edges
 
 
 def main() -> None:
@@ -168,6 +161,7 @@ def main() -> None:
         timings[method] = round(run_app(ds, root / f"out-{method}", work, method, args.nprocs), 1)
         print(f"{method}: {timings[method]} s", flush=True)
     model = load_model(args.model)
+    defaults = t1w_defaults()
     rows, slices = [], {}
     for seed in seeds:
         sub = str(seed)
@@ -199,16 +193,16 @@ def main() -> None:
             generated = nib.load(one(work / "bhd_participant_wf" / job / "harmonize", "generated.nii.gz")).get_fdata()
             start = histogram_matching(source, brain, model.target_quantiles)
             if suffix == "T1w":  # the participant level's refinement step and reference
-                step = build_parser().get_default("refine_step")
-                reference = start if DEFAULTS_T1W["refine_reference"] == "histmatch" else source
+                step = defaults["refine_step"]
+                reference = start if defaults["refine_reference"] == "histmatch" else source
                 images["bhd refinement MI"] = refine(generated.astype(np.float32), reference, brain, "mi", step)[0]
                 images["bhd no refinement"] = generated
                 images["no model: histogram-matched start + NCC to the source"] = refine(start, source, brain, "ncc",
                                                                                           step)[0]
                 average = spectrum_swapping(np.zeros_like(source), brain, model.ssimh_spectrum())
                 images["no model: target average + NCC"] = refine(average, reference, brain, "ncc", step)[0]
-                images["unconditional (random edges)"] = unconditional(model, source, brain, start, reference, step,
-                                                                       seed)
+                images["unconditional (random edges)"] = harmonize(
+                    model, source, brain, edge_map=random_edges(source, brain, seed), **defaults)["harmonized"]
             for method, image in images.items():
                 moved = to_target(image)
                 row = kept.get((seed, src, method))

@@ -143,7 +143,7 @@ def harmonize(model: HarmonizationModel, source: np.ndarray, mask: np.ndarray, *
               method: str = "midpoint", start_time: float = 0.0, start_from: str = "histmatch",
               refinement: str = "ncc", refine_step: float = 0.02, refine_iterations: int = 6,
               refine_region: str = "brain", refine_reference: str = "source", seed: int = 0,
-              samples: int = 1) -> dict[str, np.ndarray | list]:
+              samples: int = 1, edge_map: np.ndarray | None = None) -> dict[str, np.ndarray | list]:
     """Harmonize a preprocessed source image (on the grid, [0, 1], zero outside ``mask``).
 
     Returns the edge map, the edge-to-image output (``generated``), the refined
@@ -157,10 +157,13 @@ def harmonize(model: HarmonizationModel, source: np.ndarray, mask: np.ndarray, *
     correlates with: the ``source`` (paper) or the source matched to the target
     histogram (``histmatch``: the same structure in intensities closer to the
     target's, which NCC's invariance to linear maps alone cannot give).
+    ``edge_map`` replaces the condition (default: the source's Canny edge map,
+    section 3.2), e.g. by random edges for Table S3's unconditional variant.
     """
     if refine_reference not in ("source", "histmatch"):
         raise ValueError(f"unknown refinement reference {refine_reference!r}; choose source or histmatch")
-    edge_map, _ = canny_edges(source)
+    if edge_map is None:
+        edge_map, _ = canny_edges(source)
     matched = histogram_matching(source, mask, model.target_quantiles)
     start_image = None
     if start_time > 0:

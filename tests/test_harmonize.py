@@ -210,6 +210,20 @@ def test_refinement_towards_the_histogram_matched_source(small_subject):
         harmonize(model, source, mask, steps=2, refine_reference="target")
 
 
+def test_a_given_edge_map_replaces_the_source_edges(small_subject):
+    source, mask = small_subject["vision15t"], small_subject["mask"]
+    model = in_memory(random_net(7))
+    edges = np.zeros(source.shape, np.uint8)
+    edges[8:24, 8:24, 16] = 1
+    out = harmonize(model, source, mask, steps=2, refinement="none", edge_map=edges)
+    assert out["edge_map"] is edges
+    expected = generate(model, edges, steps=2, seed=0)
+    expected[mask == 0] = 0
+    np.testing.assert_array_equal(out["generated"], expected)
+    own = harmonize(model, source, mask, steps=2, refinement="none")
+    assert np.abs(own["generated"] - out["generated"]).max() > 0.01
+
+
 def test_generate_from_an_edge_map_is_edge_dependent():
     model = in_memory(random_net(5))
     a = generate(model, edge_cube(), steps=2, seed=0)

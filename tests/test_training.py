@@ -273,8 +273,8 @@ def test_validator_logs_the_fixed_settings_and_the_participant_defaults(target, 
     import json
 
     from bhd_app.baselines import target_quantiles
-    from bhd_app.cli.parser import DEFAULTS_T1W
-    from bhd_app.cli.train import Validator, participant_t1w_settings
+    from bhd_app.cli.parser import DEFAULTS_T1W, t1w_defaults
+    from bhd_app.cli.train import Validator
     from bhd_app.validation import TravelingSubject
 
     source, reference, mask = small_subject["vision15t"], small_subject["trio3t"], small_subject["mask"]
@@ -284,7 +284,7 @@ def test_validator_logs_the_fixed_settings_and_the_participant_defaults(target, 
     Validator(tmp_path, target_quantiles([reference], [mask]), 0.0, subjects)(trainer)
     with open(tmp_path / "validation.tsv") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
-    assert [json.loads(r["settings"]) for r in rows] == [Validator.FIXED_SETTINGS, participant_t1w_settings()]
+    assert [json.loads(r["settings"]) for r in rows] == [Validator.FIXED_SETTINGS, t1w_defaults()]
     assert json.loads(rows[1]["settings"])["start_time"] == DEFAULTS_T1W["start_time"]
     assert all(r["step"] == "1" and np.isfinite(float(r["bhd_psnr"])) for r in rows)
     assert rows[0]["bhd_psnr"] != rows[1]["bhd_psnr"]

@@ -30,8 +30,7 @@ from ..errors import BHDInputError
 from ..harmonize import HarmonizationModel, save_model, select_device
 from ..model import UNetConfig
 from ..training import Distributed, PatchSampler, TrainConfig, Trainer
-from .parser import DEFAULTS_T1W
-from .parser import build_parser as build_participant_parser
+from .parser import t1w_defaults
 
 SYNTHETIC_SEED0 = 1000
 
@@ -220,12 +219,6 @@ def _recent_loss(log: Path, n: int = 200) -> float:
     return round(float(np.mean(losses[-n:])), 5)
 
 
-def participant_t1w_settings() -> dict:
-    """The participant level's T1w harmonization defaults (what users get), as ``harmonize`` keywords."""
-    parser = build_participant_parser()
-    return {"steps": parser.get_default("steps"), "refine_step": parser.get_default("refine_step"), **DEFAULTS_T1W}
-
-
 class Validator:
     """Scores the EMA network on validation traveling subjects, at most every ``every_s`` seconds.
 
@@ -243,7 +236,7 @@ class Validator:
         self.every_s = every_s
         self.last = -float("inf")
         self.subjects = traveling_subjects() if subjects is None else subjects
-        self.settings = [self.FIXED_SETTINGS, participant_t1w_settings()]
+        self.settings = [self.FIXED_SETTINGS, t1w_defaults()]
 
     def __call__(self, trainer: Trainer) -> None:
         from ..validation import validate
