@@ -49,13 +49,13 @@ sys.path.insert(0, str(REPO / "bids_examples"))
 import make_examples  # noqa: E402
 
 from bhd_app.baselines import histogram_matching, spectrum_swapping  # noqa: E402
-from bhd_app.cli.parser import t1w_defaults  # noqa: E402
+from bhd_app.cli.parser import harmonize_defaults  # noqa: E402
 from bhd_app.edges import canny_edges  # noqa: E402
 from bhd_app.harmonize import harmonize, load_model  # noqa: E402
-from bhd_app.metrics import psnr, ssim  # noqa: E402
+from bhd_app.metrics import lesion_contrast, psnr, ssim  # noqa: E402
 from bhd_app.refinement import refine  # noqa: E402
 from bhd_app.simulation import PROTOCOLS, make_anatomy  # noqa: E402
-from traveling_subjects import lesion_and_shell, lesion_contrast  # noqa: E402
+from bhd_app.validation import lesion_and_shell  # noqa: E402
 
 SOURCES = ("sonata15t", "biograph3t", "vision15t", "vida3t", "t2w3t")
 QUICK_SOURCES = ("sonata15t", "vision15t", "t2w3t")
@@ -161,7 +161,7 @@ def main() -> None:
         timings[method] = round(run_app(ds, root / f"out-{method}", work, method, args.nprocs), 1)
         print(f"{method}: {timings[method]} s", flush=True)
     model = load_model(args.model)
-    defaults = t1w_defaults()
+    defaults = harmonize_defaults()
     rows, slices = [], {}
     for seed in seeds:
         sub = str(seed)

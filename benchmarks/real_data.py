@@ -41,9 +41,8 @@ import numpy as np
 from scipy import ndimage
 
 from bhd_app.group import collect_results, site_separability
-from bhd_app.metrics import psnr, ssim
+from bhd_app.metrics import lesion_contrast, psnr, ssim
 from bhd_app.templates import GRID_SPACING
-from traveling_subjects import lesion_contrast
 
 METHODS = ("none", "histmatch", "bhd")
 PHILIPS = {"Manufacturer": "Philips"}

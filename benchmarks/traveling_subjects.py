@@ -21,37 +21,16 @@ import json
 import time
 
 import numpy as np
-from scipy import ndimage
 
 from bhd_app.baselines import histogram_matching
 from bhd_app.cli.parser import DEFAULTS_CONTRAST_CONVERSION, DEFAULTS_T1W
 from bhd_app.harmonize import harmonize, load_model, select_device
-from bhd_app.metrics import psnr, ssim
+from bhd_app.metrics import lesion_contrast, psnr, ssim
 from bhd_app.simulation import PROTOCOLS, TARGET_PROTOCOL, make_anatomy, render_on_grid
 from bhd_app.templates import harmonization_grid
+from bhd_app.validation import lesion_masks
 
 SOURCES = ("sonata15t", "biograph3t", "vision15t", "vida3t", "t2w3t")
-
-
-def lesion_masks(anatomy, grid) -> tuple[np.ndarray, np.ndarray]:
-    """Lesion core and a shell of surrounding white matter, on the grid."""
-    idx = np.indices(grid.shape, dtype=np.float32).reshape(3, -1)
-    to_anat = np.linalg.inv(anatomy.affine) @ grid.affine
-    coords = to_anat[:3, :3] @ idx + to_anat[:3, 3:4]
-    lesion = ndimage.map_coordinates(anatomy.fractions["lesion"], coords, order=1).reshape(grid.shape)
-    wm = ndimage.map_coordinates(anatomy.fractions["wm"], coords, order=1).reshape(grid.shape)
-    return lesion_and_shell(lesion, wm)
-
-
-def lesion_and_shell(lesion_fraction: np.ndarray, wm_fraction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Lesion core (fraction > 0.5) and the white matter (> 0.9) 2-3 voxels around it."""
-    lesion = lesion_fraction > 0.5
-    shell = ndimage.binary_dilation(lesion, iterations=3) & ~ndimage.binary_dilation(lesion, iterations=1)
-    return lesion, shell & (wm_fraction > 0.9)
-
-
-def lesion_contrast(image: np.ndarray, lesion: np.ndarray, shell: np.ndarray) -> float:
-    return float(image[lesion].mean() / max(image[shell].mean(), 1e-6))
 
 
 def main() -> None:

@@ -42,3 +42,8 @@ def ncc(image: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> float:
     a = image[m].astype(np.float64) - image[m].mean()
     b = reference[m].astype(np.float64) - reference[m].mean()
     return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum() + 1e-12))
+
+
+def lesion_contrast(image: np.ndarray, lesion: np.ndarray, surround: np.ndarray) -> float:
+    """Mean lesion intensity over the mean of the tissue around it (the paper's Fig. 6 check)."""
+    return float(image[lesion].mean() / max(image[surround].mean(), 1e-6))

@@ -12,11 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from .baselines import histogram_matching
 from .harmonize import HarmonizationModel, harmonize
-from .metrics import psnr, ssim
-from .simulation import PROTOCOLS, TARGET_PROTOCOL, make_anatomy, render_on_grid
+from .metrics import lesion_contrast, psnr, ssim
+from .simulation import PROTOCOLS, TARGET_PROTOCOL, Anatomy, make_anatomy, render_on_grid
+from .templates import Grid, harmonization_grid
 
 VALIDATION_SEEDS = (3001, 3002)
 VALIDATION_SOURCES = ("sonata15t", "vision15t")
@@ -29,22 +31,55 @@ class TravelingSubject:
     source: np.ndarray
     target: np.ndarray
     mask: np.ndarray
+    lesion: np.ndarray | None = None  # lesion core (boolean, on the grid)
+    shell: np.ndarray | None = None  # the white matter around it
+
+    def lesion_contrast_error(self, image: np.ndarray) -> float:
+        """|lesion contrast of ``image`` - the target's| (Fig. 6; lower is better)."""
+        return abs(lesion_contrast(image, self.lesion, self.shell) - lesion_contrast(self.target, self.lesion,
+                                                                                     self.shell))
+
+
+def lesion_and_shell(lesion_fraction: np.ndarray, wm_fraction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lesion core (fraction > 0.5) and the white matter (> 0.9) 2-3 voxels around it."""
+    lesion = lesion_fraction > 0.5
+    shell = ndimage.binary_dilation(lesion, iterations=3) & ~ndimage.binary_dilation(lesion, iterations=1)
+    return lesion, shell & (wm_fraction > 0.9)
+
+
+def lesion_masks(anatomy: Anatomy, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """A simulated subject's lesion core and surrounding white matter, on ``grid``."""
+    idx = np.indices(grid.shape, dtype=np.float32).reshape(3, -1)
+    to_anat = np.linalg.inv(anatomy.affine) @ grid.affine
+    coords = to_anat[:3, :3] @ idx + to_anat[:3, 3:4]
+    lesion = ndimage.map_coordinates(anatomy.fractions["lesion"], coords, order=1).reshape(grid.shape)
+    wm = ndimage.map_coordinates(anatomy.fractions["wm"], coords, order=1).reshape(grid.shape)
+    return lesion_and_shell(lesion, wm)
 
 
 def traveling_subjects(seeds=VALIDATION_SEEDS, sources=VALIDATION_SOURCES, lesions: int = 2) -> list[TravelingSubject]:
-    """Source/target render pairs on the harmonization grid; the mask is the target's brain."""
+    """Source/target render pairs on the harmonization grid; the mask is the target's brain.
+
+    A source's noise seed depends on its position in ``sources``: compare scores within one source list.
+    """
     out = []
     for seed in seeds:
         anatomy = make_anatomy(seed, lesions=lesions)
         target, mask = render_on_grid(anatomy, PROTOCOLS[TARGET_PROTOCOL], seed + 1)
+        lesion, shell = lesion_masks(anatomy, harmonization_grid())
         for k, name in enumerate(sources):
             source, _ = render_on_grid(anatomy, PROTOCOLS[name], seed + 10 + k)
-            out.append(TravelingSubject(seed, name, source, target, mask))
+            out.append(TravelingSubject(seed, name, source, target, mask, lesion, shell))
     return out
 
 
 def score(image: np.ndarray, subject: TravelingSubject) -> tuple[float, float]:
     return psnr(image, subject.target, subject.mask), ssim(image, subject.target, subject.mask)
+
+
+def score_with_lesion(image: np.ndarray, subject: TravelingSubject) -> tuple[float, float, float]:
+    """PSNR, SSIM (inside the brain) and the lesion contrast error against the subject's target render."""
+    return (*score(image, subject), subject.lesion_contrast_error(image))
 
 
 def validate(model: HarmonizationModel, subjects: list[TravelingSubject], **settings) -> list[dict]:
