@@ -189,11 +189,12 @@ class Trainer:
     With ``dist`` active (a started torchrun process group), ``net`` is trained through
     DistributedDataParallel on this rank's part of each batch, and only rank 0 writes
     those files and calls ``on_checkpoint``; every rank resumes from ``run_dir``, which
-    must therefore be on a shared file system across nodes.
+    must therefore be on a shared file system across nodes. ``compile`` runs the loss through
+    ``torch.compile(net)``; checkpoints and the EMA keep the plain network's weights.
     """
 
     def __init__(self, config: TrainConfig, sampler: PatchSampler, run_dir: Path, device: torch.device,
-                 dist: Distributed = Distributed()):
+                 dist: Distributed = Distributed(), compile: bool = False):
         self.config = config
         self.sampler = sampler
         self.run_dir = Path(run_dir)
@@ -210,6 +211,8 @@ class Trainer:
         if dist.active:
             self.model = torch.nn.parallel.DistributedDataParallel(
                 self.net, device_ids=[device.index] if device.type == "cuda" else None)
+        if compile:  # 1.3x faster steps on our CPU after 1-2 min of compiling (BENCHMARKS.md)
+            self.model = torch.compile(self.model)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.learning_rate)
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
         self.step = 0

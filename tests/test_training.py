@@ -11,7 +11,7 @@ import torch
 
 from bhd_app.edges import canny_edges
 from bhd_app.flow import to_flow_space
-from bhd_app.model import UNetConfig, coordinate_grid
+from bhd_app.model import EdgeToImageUNet, UNetConfig, coordinate_grid
 from bhd_app.training import PatchSampler, TrainConfig, Trainer, patch_slices, patch_strides
 
 GRID = (128, 160, 136)
@@ -221,6 +221,21 @@ def test_checkpoint_resume_reproduces_an_uninterrupted_run(target, tmp_path):
     assert not state_equal(fresh.net.state_dict(), full.net.state_dict())
 
 
+@pytest.mark.slow
+def test_compiled_training_matches_the_plain_one_and_saves_plain_weights(target, tmp_path):
+    """``bhd-train --compile``: the same losses as without torch.compile, a checkpoint a plain network loads.
+
+    Slow: inductor compiles its C++ kernels first (minutes on 2 cores).
+    """
+    device = torch.device("cpu")
+    plain = Trainer(tiny_config(steps=3), crop_sampler(target), tmp_path / "plain", device).train(progress=False)
+    compiled = Trainer(tiny_config(steps=3), crop_sampler(target), tmp_path / "compiled", device, compile=True)
+    assert compiled.model is not compiled.net
+    np.testing.assert_allclose(compiled.train(progress=False), plain, rtol=1e-3)
+    state = torch.load(tmp_path / "compiled" / "checkpoint.pt", weights_only=False)
+    EdgeToImageUNet(tiny_config().unet).load_state_dict(state["model"])  # no torch.compile prefixes
+
+
 def test_resume_with_another_network_is_refused(target, tmp_path):
     Trainer(tiny_config(steps=1), crop_sampler(target), tmp_path, torch.device("cpu")).train(progress=False)
     with pytest.raises(ValueError, match="another network"):
@@ -273,7 +288,7 @@ def test_validator_logs_the_fixed_settings_and_the_participant_defaults(target, 
     import json
 
     from bhd_app.baselines import target_quantiles
-    from bhd_app.cli.parser import DEFAULTS_T1W, t1w_defaults
+    from bhd_app.cli.parser import DEFAULTS_T1W, harmonize_defaults
     from bhd_app.cli.train import Validator
     from bhd_app.validation import TravelingSubject
 
@@ -284,7 +299,7 @@ def test_validator_logs_the_fixed_settings_and_the_participant_defaults(target, 
     Validator(tmp_path, target_quantiles([reference], [mask]), 0.0, subjects)(trainer)
     with open(tmp_path / "validation.tsv") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
-    assert [json.loads(r["settings"]) for r in rows] == [Validator.FIXED_SETTINGS, t1w_defaults()]
+    assert [json.loads(r["settings"]) for r in rows] == [Validator.FIXED_SETTINGS, harmonize_defaults()]
     assert json.loads(rows[1]["settings"])["start_time"] == DEFAULTS_T1W["start_time"]
     assert all(r["step"] == "1" and np.isfinite(float(r["bhd_psnr"])) for r in rows)
     assert rows[0]["bhd_psnr"] != rows[1]["bhd_psnr"]

@@ -13,10 +13,12 @@ DEFAULTS_T1W = {"start_time": 0.9, "samples": 1, "refinement": "ncc", "refine_re
 DEFAULTS_CONTRAST_CONVERSION = {"start_time": 0.0, "samples": 1, "refinement": "none", "refine_reference": "source"}
 
 
-def t1w_defaults() -> dict:
-    """The participant level's T1w harmonization defaults, as ``harmonize`` keywords."""
+def harmonize_defaults(suffix: str = "T1w") -> dict:
+    """The participant level's defaults for a T1w input (or a T2w one: contrast conversion), as ``harmonize``
+    keywords."""
     parser = build_parser()
-    return {"steps": parser.get_default("steps"), "refine_step": parser.get_default("refine_step"), **DEFAULTS_T1W}
+    defaults = DEFAULTS_T1W if suffix == "T1w" else DEFAULTS_CONTRAST_CONVERSION
+    return {"steps": parser.get_default("steps"), "refine_step": parser.get_default("refine_step"), **defaults}
 
 
 def _existing_dir(value: str) -> Path:

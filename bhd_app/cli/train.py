@@ -30,7 +30,7 @@ from ..errors import BHDInputError
 from ..harmonize import HarmonizationModel, save_model, select_device
 from ..model import UNetConfig
 from ..training import Distributed, PatchSampler, TrainConfig, Trainer
-from .parser import t1w_defaults
+from .parser import harmonize_defaults
 
 SYNTHETIC_SEED0 = 1000
 
@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "starts from it when RUN_DIR has no checkpoint, and it is rewritten at the end")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the network for training (faster steps after a minute or two of compiling)")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -170,7 +172,7 @@ def train(args: argparse.Namespace, dist: Distributed, device: torch.device) -> 
                          seed=args.seed,
                          checkpoint_every_s=args.checkpoint_minutes * 60, unet=UNetConfig(base_width=args.width))
     sampler = PatchSampler(images, edges, config.patch_size, config.multi_stride_fraction, seed=args.seed)
-    trainer = Trainer(config, sampler, args.run_dir, device, dist)
+    trainer = Trainer(config, sampler, args.run_dir, device, dist, compile=args.compile)
     if trainer.step == 0 and args.compact_state and args.compact_state.exists():
         ema = None
         if args.export and args.export.exists():  # the exported model holds the EMA weights
@@ -236,7 +238,7 @@ class Validator:
         self.every_s = every_s
         self.last = -float("inf")
         self.subjects = traveling_subjects() if subjects is None else subjects
-        self.settings = [self.FIXED_SETTINGS, t1w_defaults()]
+        self.settings = [self.FIXED_SETTINGS, harmonize_defaults()]
 
     def __call__(self, trainer: Trainer) -> None:
         from ..validation import validate

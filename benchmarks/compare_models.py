@@ -1,0 +1,58 @@
+#!/usr/bin/env python
+"""Candidate models side by side on the validation subjects, at the participant level's defaults (issue 9).
+
+    python benchmarks/compare_models.py MODEL.pt [MODEL.pt ...] [--sources sonata15t ... t2w3t] [--threads 1]
+
+Subjects 3001-3002 (never trained on, not in the benchmark), rendered by each source protocol, are harmonized
+by every model with the defaults the participant level uses for that input (T1w: ``harmonize_defaults()``;
+T2w: contrast conversion) and scored against the same subject's target render inside the brain: PSNR, SSIM
+and the lesion contrast error of Fig. 6, next to histogram matching. This is how a new checkpoint earns the
+right to be shipped: it must not lose to the shipped one here.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bhd_app.baselines import histogram_matching
+from bhd_app.cli.parser import harmonize_defaults
+from bhd_app.harmonize import harmonize, load_model
+from bhd_app.validation import score_with_lesion, traveling_subjects
+
+SOURCES = ("sonata15t", "biograph3t", "vision15t", "vida3t", "t2w3t")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("models", nargs="+", type=Path)
+    p.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES)
+    p.add_argument("--seeds", type=int, nargs="+", default=[3001, 3002])
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    models = {f"{path} (step {load_model(path).card['steps']})": load_model(path) for path in args.models}
+    scores: dict[tuple[str, str], list] = {}
+    for subj in traveling_subjects(seeds=args.seeds, sources=args.sources):
+        suffix = "T2w" if subj.protocol.startswith("t2w") else "T1w"
+        first = next(iter(models.values()))
+        images = {"histogram matching": histogram_matching(subj.source, subj.mask, first.target_quantiles)}
+        for name, model in models.items():
+            images[name] = harmonize(model, subj.source, subj.mask, **harmonize_defaults(suffix))["harmonized"]
+        for name, image in images.items():
+            scores.setdefault((name, subj.protocol), []).append(score_with_lesion(image, subj))
+        print(subj.seed, subj.protocol, {k[0]: np.round(v[-1], 3).tolist() for k, v in scores.items()
+                                         if k[1] == subj.protocol}, flush=True)
+    print("PSNR / SSIM / |lesion contrast - target's|, mean of the validation subjects")
+    print("| method | " + " | ".join(args.sources) + " |\n|---" * 1 + "|---" * len(args.sources) + "|")
+    for name in dict.fromkeys(k[0] for k in scores):
+        cells = [np.mean(scores[(name, src)], axis=0) for src in args.sources]
+        print(f"| {name} | " + " | ".join(f"{c[0]:.2f} / {c[1]:.3f} / {c[2]:.3f}" for c in cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
