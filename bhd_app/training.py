@@ -211,7 +211,7 @@ class Trainer:
         if dist.active:
             self.model = torch.nn.parallel.DistributedDataParallel(
                 self.net, device_ids=[device.index] if device.type == "cuda" else None)
-        if compile:  # 1.3x faster steps on our CPU after 1-2 min of compiling (BENCHMARKS.md)
+        if compile:  # 3-28 % faster steps on our CPU after minutes of compiling (BENCHMARKS.md)
             self.model = torch.compile(self.model)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.learning_rate)
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
