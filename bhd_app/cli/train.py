@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the network for training (faster steps after a minute or two of compiling)")
+                   help="torch.compile the network for training (slightly faster steps after minutes of compiling)")
     p.add_argument("--seed", type=int, default=0)
     return p
 
