@@ -35,12 +35,12 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    models = {f"{path} (step {load_model(path).card['steps']})": load_model(path) for path in args.models}
+    loaded = [load_model(path) for path in args.models]
+    models = {f"{path} (step {model.card['steps']})": model for path, model in zip(args.models, loaded)}
     scores: dict[tuple[str, str], list] = {}
     for subj in traveling_subjects(seeds=args.seeds, sources=args.sources):
         suffix = "T2w" if subj.protocol.startswith("t2w") else "T1w"
-        first = next(iter(models.values()))
-        images = {"histogram matching": histogram_matching(subj.source, subj.mask, first.target_quantiles)}
+        images = {"histogram matching": histogram_matching(subj.source, subj.mask, loaded[0].target_quantiles)}
         for name, model in models.items():
             images[name] = harmonize(model, subj.source, subj.mask, **harmonize_defaults(suffix))["harmonized"]
         for name, image in images.items():

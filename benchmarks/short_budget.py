@@ -25,9 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from bhd_app.cli.train import load_or_make_data
-from bhd_app.edges import canny_edges
-from bhd_app.harmonize import generate, harmonize, load_model
-from bhd_app.validation import score, traveling_subjects
+from bhd_app.harmonize import harmonize, load_model
+from bhd_app.validation import reconstruction_score, score, traveling_subjects
 
 BASE = ["--synthetic", "16", "--width", "16", "--patch-size", "48", "--batch-size", "4", "--lr", "2e-4",
         "--multi-stride-fraction", "0.2", "--parameterization", "image", "--late-time-fraction", "0", "--compile"]
@@ -59,10 +58,7 @@ def evaluate(model_path: Path) -> dict:
     model = load_model(model_path)
     recon, harm = [], []
     for subj in traveling_subjects(sources=("sonata15t",)):
-        edge_map, _ = canny_edges(subj.target)
-        image = generate(model, edge_map, steps=2, start_time=0.0, seed=0)
-        image[subj.mask == 0] = 0
-        recon.append(score(image, subj))
+        recon.append(reconstruction_score(model, subj))
         result = harmonize(model, subj.source, subj.mask, start_time=0.5, steps=2, refinement="ncc", seed=0)
         harm.append(score(result["harmonized"], subj))
     r, h = np.mean(recon, axis=0), np.mean(harm, axis=0)

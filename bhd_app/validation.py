@@ -15,7 +15,8 @@ import numpy as np
 from scipy import ndimage
 
 from .baselines import histogram_matching
-from .harmonize import HarmonizationModel, harmonize
+from .edges import canny_edges
+from .harmonize import HarmonizationModel, generate, harmonize
 from .metrics import lesion_contrast, psnr, ssim
 from .simulation import PROTOCOLS, TARGET_PROTOCOL, Anatomy, make_anatomy, render_on_grid
 from .templates import Grid, harmonization_grid
@@ -75,6 +76,14 @@ def traveling_subjects(seeds=VALIDATION_SEEDS, sources=VALIDATION_SOURCES, lesio
 
 def score(image: np.ndarray, subject: TravelingSubject) -> tuple[float, float]:
     return psnr(image, subject.target, subject.mask), ssim(image, subject.target, subject.mask)
+
+
+def reconstruction_score(model: HarmonizationModel, subject: TravelingSubject) -> tuple[float, float]:
+    """The target render regenerated from its own edge map from pure noise (2 midpoint steps), scored (S4.1)."""
+    edge_map, _ = canny_edges(subject.target)
+    image = generate(model, edge_map, steps=2, start_time=0.0, seed=0)
+    image[subject.mask == 0] = 0
+    return score(image, subject)
 
 
 def score_with_lesion(image: np.ndarray, subject: TravelingSubject) -> tuple[float, float, float]:
