@@ -23,7 +23,8 @@ Scores:
   carried to the grid with the T1w job's own transform; its contrast against the surrounding tissue (mean
   lesion / mean of a 2-voxel ring around it) in the input and in each method's harmonized T1w.
 
-Writes ``results.json`` and ``tables.md`` in OUT_DIR.
+Writes ``results.json``, ``tables.md`` and ``mosaic.png`` (axial slices of every method's output; the
+stroke row through the lesion) in OUT_DIR; ``--figure-only`` redraws the mosaic from an earlier run.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ import time
 from pathlib import Path
 
 import ants
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
@@ -107,16 +112,21 @@ def stroke_lesion(stroke: Path) -> nib.Nifti1Image:
     return nib.Nifti1Image(lesion.astype(np.uint8), t1.affine)
 
 
-def lesion_rows(root: Path, shared: Path) -> list[dict]:
-    """The stroke lesion's contrast in the preprocessed input and in each method's harmonized T1w."""
+def stroke_lesion_on_grid(root: Path, shared: Path) -> np.ndarray:
+    """The stroke lesion mask carried to the template grid with the T1w job's own transform."""
     grid = grid_image(root / "out-none", "stroke", "mri", "*desc-preproc_T1w.nii.gz")
     xfm = sorted((root / "out-none" / "sub-stroke" / "ses-mri" / "anat").glob("*from-T1w_to-*_xfm.mat"))[0]
     native = root / "stroke_lesion_mask.nii.gz"
     nib.save(stroke_lesion(shared / "VolumeRenderingData" / "stroke"), native)
-    lesion = ants.apply_transforms(grid, ants.image_read(str(native)), [str(xfm)]).numpy() > 0.5
+    return ants.apply_transforms(grid, ants.image_read(str(native)), [str(xfm)]).numpy() > 0.5
+
+
+def lesion_rows(root: Path, shared: Path) -> list[dict]:
+    """The stroke lesion's contrast in the preprocessed input and in each method's harmonized T1w."""
+    lesion = stroke_lesion_on_grid(root, shared)
     brain = grid_image(root / "out-none", "stroke", "mri", "*desc-brain_mask.nii.gz").numpy() > 0
     ring = ndimage.binary_dilation(lesion, iterations=3) & ~ndimage.binary_dilation(lesion, iterations=1) & brain
-    images = {"T1w (input)": grid.numpy()}
+    images = {"T1w (input)": grid_image(root / "out-none", "stroke", "mri", "*desc-preproc_T1w.nii.gz").numpy()}
     for method in ("histmatch", "bhd"):
         images[method] = grid_image(root / f"out-{method}", "stroke", "mri",
                                     "*space-*desc-harmonized_T1w.nii.gz").numpy()
@@ -125,13 +135,46 @@ def lesion_rows(root: Path, shared: Path) -> list[dict]:
              "lesion_contrast": round(lesion_contrast(image, lesion, ring), 3)} for method, image in images.items()]
 
 
+def mosaic(root: Path, shared: Path, path: Path) -> None:
+    """Axial slices on the template grid: T1w input, histogram matching, bhd; T2w input, its conversion by
+    histogram matching and by bhd (the T2w subjects only). The stroke row is cut through the lesion."""
+    columns = [("T1w input", "none", "desc-preproc_T1w"), ("T1w histmatch", "histmatch", "desc-harmonized_T1w"),
+               ("T1w bhd", "bhd", "desc-harmonized_T1w"), ("T2w input", "none", "desc-preproc_T2w"),
+               ("T2w histmatch", "histmatch", "desc-harmonizedT2w_T1w"),
+               ("T2w to T1w bhd", "bhd", "desc-harmonizedT2w_T1w")]
+    rows = [("ixi002", "guys"), ("stroke", "mri"), ("ixi012", "hh")]
+    lesion_z = int(np.argmax(stroke_lesion_on_grid(root, shared).sum(axis=(0, 1))))
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(2.0 * len(columns), 2.4 * len(rows)))
+    for i, (sub, ses) in enumerate(rows):
+        for j, (title, method, desc) in enumerate(columns):
+            ax = axes[i, j]
+            ax.set_xticks([]), ax.set_yticks([])
+            hits = sorted((root / f"out-{method}" / f"sub-{sub}" / f"ses-{ses}" / "anat").glob(
+                f"*space-*{desc}.nii.gz"))
+            if hits:
+                volume = np.asarray(nib.load(hits[0]).dataobj, dtype=np.float32)
+                z = lesion_z if sub == "stroke" else volume.shape[2] // 2
+                ax.imshow(np.rot90(volume[:, :, z]), cmap="gray", vmin=0, vmax=np.percentile(volume, 99.5))
+            else:
+                ax.axis("off")
+            if i == 0:
+                ax.set_title(title, fontsize=9)
+            if j == 0:
+                ax.set_ylabel(sub, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out_dir", type=Path)
     p.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     p.add_argument("--nprocs", type=int, default=1)
+    p.add_argument("--figure-only", action="store_true", help="redraw mosaic.png from an earlier run")
     args = p.parse_args()
     root = args.out_dir.absolute()
+    if args.figure_only:
+        return mosaic(root, args.shared, root / "mosaic.png")
     ds, work = root / "ds", root / "work"
     if not (ds / "dataset_description.json").exists():
         write_dataset(args.shared, ds)
@@ -183,6 +226,7 @@ def main() -> None:
               f"{r.get('lesion_contrast', '')} |" for r in rows]
     (root / "tables.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    mosaic(root, args.shared, root / "mosaic.png")
     print("CLI seconds:", seconds, "\nT1w site separability (mean pairwise W1):", separability)
 
 
