@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Contrast conversion (T2w to T1w, paper 4.8) settings: averaged draws and ODE steps, simulated and real.
 
-    python benchmarks/conversion_sweep.py REAL_DATA_OUT [--samples 4] [--ode-steps 2 4] [--threads 2]
+    python benchmarks/conversion_sweep.py REAL_DATA_OUT [--samples 4] [--ode-steps 2] [--threads 2]
 
 T2w inputs start from pure noise, so one draw of the edge-to-image model is one sample of the target-domain
 images that share the T2w's edge map; the average of N draws estimates their posterior mean, which is closer
@@ -36,12 +36,17 @@ def averages(draws: list[np.ndarray]) -> dict[int, np.ndarray]:
     return {n: np.mean(draws[:n], axis=0) for n in counts}
 
 
+def markdown_row(row: tuple) -> str:
+    cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row]
+    return "| " + " | ".join(cells + [""] * (6 - len(cells))) + " |"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("real_data_out", type=Path)
     p.add_argument("--model", type=Path, default=None)
     p.add_argument("--samples", type=int, default=4)
-    p.add_argument("--ode-steps", type=int, nargs="+", default=[2, 4])
+    p.add_argument("--ode-steps", type=int, nargs="+", default=[2])
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
     if args.threads:
@@ -52,7 +57,7 @@ def main() -> None:
     def report(subject: str, steps: int, draws: list[np.ndarray], scorer) -> None:
         for n, image in averages(draws).items():
             rows.append((subject, steps, n, *scorer(image)))
-            print(" | ".join(str(np.round(v, 3)) for v in rows[-1]), flush=True)
+            print(markdown_row(rows[-1]), flush=True)
 
     for subj in traveling_subjects(seeds=[3001, 3002], sources=("t2w3t",)):
         edge_map, _ = canny_edges(subj.source)
@@ -82,8 +87,7 @@ def main() -> None:
 
     print("\n| subject | ODE steps | draws averaged | PSNR | SSIM | lesion error |\n|---|---|---|---|---|---|")
     for row in rows:
-        print("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row)
-              + (" | |" if len(row) == 5 else " |"))
+        print(markdown_row(row))
 
 
 if __name__ == "__main__":
