@@ -26,11 +26,9 @@ import numpy as np
 import torch
 
 from bhd_app.baselines import target_quantiles, target_spectrum
-from bhd_app.cli.train import SYNTHETIC_SEED0
-from bhd_app.edges import canny_edges
+from bhd_app.cli.train import synthetic_target_subject
 from bhd_app.harmonize import default_model_path, save_model
 from bhd_app.model import UNetConfig
-from bhd_app.simulation import PROTOCOLS, TARGET_PROTOCOL, make_anatomy, render_on_grid
 from bhd_app.templates import harmonization_grid
 from bhd_app.training import PatchSampler, TrainConfig, Trainer
 from bhd_app.validation import lesion_masks
@@ -64,12 +62,10 @@ def lesion_rich_data(n: int, lesions: int):
     images, masks, edges, lesion_cores = [], [], [], []
     grid = harmonization_grid()
     for k in range(n):
-        seed = SYNTHETIC_SEED0 + k
-        anatomy = make_anatomy(seed, lesions=lesions)
-        image, mask = render_on_grid(anatomy, PROTOCOLS[TARGET_PROTOCOL], seed)
+        image, mask, edge_map, anatomy = synthetic_target_subject(k, lesions)
         images.append(image)
         masks.append(mask)
-        edges.append(canny_edges(image)[0])
+        edges.append(edge_map)
         lesion_cores.append(lesion_masks(anatomy, grid)[0])
         print(f"rendered subject {k + 1}/{n}: {int(lesion_cores[-1].sum())} lesion voxels", file=sys.stderr)
     return images, masks, edges, lesion_cores

@@ -70,17 +70,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def synthetic_target_data(n: int, lesion_every: int) -> tuple[list, list, list, dict]:
+def synthetic_target_subject(k: int, lesions: int):
+    """Synthetic training subject ``k`` rendered by the target protocol: (image, brain mask, edge map, anatomy)."""
     from ..simulation import PROTOCOLS, TARGET_PROTOCOL, make_anatomy, render_on_grid
+
+    seed = SYNTHETIC_SEED0 + k
+    anatomy = make_anatomy(seed, lesions=lesions)
+    image, mask = render_on_grid(anatomy, PROTOCOLS[TARGET_PROTOCOL], seed)
+    return image, mask, canny_edges(image)[0], anatomy
+
+
+def synthetic_target_data(n: int, lesion_every: int) -> tuple[list, list, list, dict]:
+    from ..simulation import TARGET_PROTOCOL
 
     images, masks, edges = [], [], []
     for k in range(n):
-        seed = SYNTHETIC_SEED0 + k
         lesions = 3 if lesion_every and k % lesion_every == lesion_every - 1 else 0
-        image, mask = render_on_grid(make_anatomy(seed, lesions=lesions), PROTOCOLS[TARGET_PROTOCOL], seed)
+        image, mask, edge_map, _ = synthetic_target_subject(k, lesions)
         images.append(image)
         masks.append(mask)
-        edges.append(canny_edges(image)[0])
+        edges.append(edge_map)
         print(f"rendered synthetic subject {k + 1}/{n}", file=sys.stderr)
     desc = {"source": "synthetic", "protocol": TARGET_PROTOCOL, "subjects": n,
             "seeds": [SYNTHETIC_SEED0, SYNTHETIC_SEED0 + n - 1],
@@ -190,7 +199,8 @@ def train(args: argparse.Namespace, dist: Distributed, device: torch.device) -> 
     if args.compact_state:
         trainer.save_compact_state(args.compact_state)
     if args.export:
-        card = {"bhd_version": __version__, "training": config.to_dict(), "training_data": data_desc,
+        recipe = {k: v for k, v in config.to_dict().items() if k != "steps"}  # a stop step, not steps trained
+        card = {"bhd_version": __version__, "training": recipe, "training_data": data_desc,
                 "steps": trainer.step, "wall_time_s": round(trainer.wall, 1),
                 "final_loss": _recent_loss(args.run_dir / "loss.tsv")}
         card = {**_curated_card_fields(args.export), **card}
