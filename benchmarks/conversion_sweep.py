@@ -19,15 +19,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import ants
 import numpy as np
 import torch
 
 from bhd_app.edges import canny_edges
 from bhd_app.harmonize import generate, load_model
-from bhd_app.metrics import psnr, ssim
 from bhd_app.validation import score_with_lesion, traveling_subjects
-from real_data import grid_image
+from real_data import T2W_SUBJECTS, grid_image, t1w_scorer
 
 
 def averages(draws: list[np.ndarray]) -> dict[int, np.ndarray]:
@@ -66,23 +64,13 @@ def main() -> None:
             report(f"simulated {subj.seed}", steps, draws, lambda image: score_with_lesion(image, subj))
 
     root = args.real_data_out.absolute()
-    for sub, ses in (("ixi002", "guys"), ("stroke", "mri")):
-        t1 = grid_image(root / "out-none", sub, ses, "*desc-preproc_T1w.nii.gz")
-        t1_mask = grid_image(root / "out-none", sub, ses, "*desc-brain_mask.nii.gz").numpy() > 0
-        t2 = grid_image(root / "out-none", sub, ses, "*desc-preproc_T2w.nii.gz")
-        t2_mask = grid_image(root / "out-none", sub, ses, "*desc-brainT2w_mask.nii.gz")
-        reg = ants.registration(t1, t2, type_of_transform="Affine", random_seed=1)
-        mask = t1_mask & (ants.apply_transforms(t1, t2_mask, reg["fwdtransforms"]).numpy() > 0.5)
-        edge_map, _ = canny_edges(t2.numpy())
-
-        def real_score(image: np.ndarray) -> tuple[float, float]:
-            moved = ants.apply_transforms(t1, t2.new_image_like(image.astype(np.float32)),
-                                          reg["fwdtransforms"]).numpy()
-            return psnr(moved, t1.numpy(), mask), ssim(moved, t1.numpy(), mask)
-
+    for sub, ses in T2W_SUBJECTS:
+        t2 = grid_image(root / "out-none", sub, ses, "*desc-preproc_T2w.nii.gz").numpy()
+        t2_brain = grid_image(root / "out-none", sub, ses, "*desc-brainT2w_mask.nii.gz").numpy() > 0
+        edge_map, _ = canny_edges(t2)
+        real_score = t1w_scorer(root, sub, ses)
         for steps in args.ode_steps:
-            draws = [generate(model, edge_map, steps=steps, seed=k) * (t2_mask.numpy() > 0)
-                     for k in range(args.samples)]
+            draws = [generate(model, edge_map, steps=steps, seed=k) * t2_brain for k in range(args.samples)]
             report(f"real {sub}", steps, draws, real_score)
 
     print("\n| subject | ODE steps | draws averaged | PSNR | SSIM | lesion error |\n|---|---|---|---|---|---|")

@@ -50,6 +50,7 @@ from bhd_app.metrics import lesion_contrast, psnr, ssim
 from bhd_app.templates import GRID_SPACING
 
 METHODS = ("none", "histmatch", "bhd")
+T2W_SUBJECTS = (("ixi002", "guys"), ("stroke", "mri"))  # (subject, session) with a T1w/T2w pair
 PHILIPS = {"Manufacturer": "Philips"}
 # (subject, session, suffix) -> (file under shared data, sidecar)
 IMAGES = {
@@ -90,6 +91,26 @@ def grid_image(out: Path, sub: str, ses: str, pattern: str) -> ants.ANTsImage:
     return ants.image_read(str(hits[0]))
 
 
+def t1w_scorer(root: Path, sub: str, ses: str):
+    """Score an image on the grid of the subject's preprocessed T2w against its preprocessed real T1w.
+
+    The T2w is registered (antspyx, affine) to the T1w once; the returned function carries an image through
+    that transform and gives (PSNR, SSIM) inside both brain masks.
+    """
+    t1 = grid_image(root / "out-none", sub, ses, "*desc-preproc_T1w.nii.gz")
+    t1_mask = grid_image(root / "out-none", sub, ses, "*desc-brain_mask.nii.gz").numpy() > 0
+    t2 = grid_image(root / "out-none", sub, ses, "*desc-preproc_T2w.nii.gz")
+    reg = ants.registration(t1, t2, type_of_transform="Affine", random_seed=1)
+    t2_mask = grid_image(root / "out-none", sub, ses, "*desc-brainT2w_mask.nii.gz")
+    mask = t1_mask & (ants.apply_transforms(t1, t2_mask, reg["fwdtransforms"]).numpy() > 0.5)
+
+    def score(image: np.ndarray) -> tuple[float, float]:
+        moved = ants.apply_transforms(t1, t2.new_image_like(image.astype(np.float32)), reg["fwdtransforms"]).numpy()
+        return psnr(moved, t1.numpy(), mask), ssim(moved, t1.numpy(), mask)
+
+    return score
+
+
 def stroke_lesion(stroke: Path) -> nib.Nifti1Image:
     """A mask of the stroke's chronic lesion on its native grid (no expert mask ships with the data).
 
@@ -121,9 +142,8 @@ def stroke_lesion_on_grid(root: Path, shared: Path) -> np.ndarray:
     return ants.apply_transforms(grid, ants.image_read(str(native)), [str(xfm)]).numpy() > 0.5
 
 
-def lesion_rows(root: Path, shared: Path) -> list[dict]:
+def lesion_rows(root: Path, lesion: np.ndarray) -> list[dict]:
     """The stroke lesion's contrast in the preprocessed input and in each method's harmonized T1w."""
-    lesion = stroke_lesion_on_grid(root, shared)
     brain = grid_image(root / "out-none", "stroke", "mri", "*desc-brain_mask.nii.gz").numpy() > 0
     ring = ndimage.binary_dilation(lesion, iterations=3) & ~ndimage.binary_dilation(lesion, iterations=1) & brain
     images = {"T1w (input)": grid_image(root / "out-none", "stroke", "mri", "*desc-preproc_T1w.nii.gz").numpy()}
@@ -135,7 +155,7 @@ def lesion_rows(root: Path, shared: Path) -> list[dict]:
              "lesion_contrast": round(lesion_contrast(image, lesion, ring), 3)} for method, image in images.items()]
 
 
-def mosaic(root: Path, shared: Path, path: Path) -> None:
+def mosaic(root: Path, lesion: np.ndarray, path: Path) -> None:
     """Axial slices on the template grid: T1w input, histogram matching, bhd; T2w input, its conversion by
     histogram matching and by bhd (the T2w subjects only). The stroke row is cut through the lesion."""
     columns = [("T1w input", "none", "desc-preproc_T1w"), ("T1w histmatch", "histmatch", "desc-harmonized_T1w"),
@@ -143,7 +163,7 @@ def mosaic(root: Path, shared: Path, path: Path) -> None:
                ("T2w histmatch", "histmatch", "desc-harmonizedT2w_T1w"),
                ("T2w to T1w bhd", "bhd", "desc-harmonizedT2w_T1w")]
     rows = [("ixi002", "guys"), ("stroke", "mri"), ("ixi012", "hh")]
-    lesion_z = int(np.argmax(stroke_lesion_on_grid(root, shared).sum(axis=(0, 1))))
+    lesion_z = int(np.argmax(lesion.sum(axis=(0, 1))))
     fig, axes = plt.subplots(len(rows), len(columns), figsize=(2.0 * len(columns), 2.4 * len(rows)))
     for i, (sub, ses) in enumerate(rows):
         for j, (title, method, desc) in enumerate(columns):
@@ -174,7 +194,7 @@ def main() -> None:
     args = p.parse_args()
     root = args.out_dir.absolute()
     if args.figure_only:
-        return mosaic(root, args.shared, root / "mosaic.png")
+        return mosaic(root, stroke_lesion_on_grid(root, args.shared), root / "mosaic.png")
     ds, work = root / "ds", root / "work"
     if not (ds / "dataset_description.json").exists():
         write_dataset(args.shared, ds)
@@ -189,21 +209,16 @@ def main() -> None:
                                 "after": round(site_separability(t1w, "after"), 4)}
         print(f"{method}: {seconds[method]} s", flush=True)
     rows = []
-    for sub, ses in (("ixi002", "guys"), ("stroke", "mri")):
-        t1 = grid_image(root / "out-none", sub, ses, "*desc-preproc_T1w.nii.gz")
-        t1_mask = grid_image(root / "out-none", sub, ses, "*desc-brain_mask.nii.gz").numpy() > 0
-        t2 = grid_image(root / "out-none", sub, ses, "*desc-preproc_T2w.nii.gz")
-        reg = ants.registration(t1, t2, type_of_transform="Affine", random_seed=1)
-        t2_mask = grid_image(root / "out-none", sub, ses, "*desc-brainT2w_mask.nii.gz")
-        mask = t1_mask & (ants.apply_transforms(t1, t2_mask, reg["fwdtransforms"]).numpy() > 0.5)
-        candidates = {"T2w (unconverted)": t2}
+    for sub, ses in T2W_SUBJECTS:
+        score = t1w_scorer(root, sub, ses)
+        candidates = {"T2w (unconverted)": grid_image(root / "out-none", sub, ses, "*desc-preproc_T2w.nii.gz")}
         for method in ("histmatch", "bhd"):
             candidates[method] = grid_image(root / f"out-{method}", sub, ses,
                                             "*space-*desc-harmonizedT2w_T1w.nii.gz")
         for label, image in candidates.items():
-            moved = ants.apply_transforms(t1, image, reg["fwdtransforms"]).numpy()
+            psnr_db, ssim_value = score(image.numpy())
             row = {"subject": sub, "task": "T2w to T1w", "method": label,
-                   "psnr": round(psnr(moved, t1.numpy(), mask), 2), "ssim": round(ssim(moved, t1.numpy(), mask), 3)}
+                   "psnr": round(psnr_db, 2), "ssim": round(ssim_value, 3)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     for (sub, ses, suffix) in IMAGES:
@@ -216,7 +231,8 @@ def main() -> None:
             rows.append({"subject": sub, "task": "T1w: SSIM to the source", "method": method,
                          "ssim": round(ssim(image, source, mask), 3)})
             print(json.dumps(rows[-1]), flush=True)
-    for row in lesion_rows(root, args.shared):
+    lesion = stroke_lesion_on_grid(root, args.shared)
+    for row in lesion_rows(root, lesion):
         rows.append(row)
         print(json.dumps(row), flush=True)
     (root / "results.json").write_text(json.dumps({"rows": rows, "cli_seconds": seconds,
@@ -226,7 +242,7 @@ def main() -> None:
               f"{r.get('lesion_contrast', '')} |" for r in rows]
     (root / "tables.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    mosaic(root, args.shared, root / "mosaic.png")
+    mosaic(root, lesion, root / "mosaic.png")
     print("CLI seconds:", seconds, "\nT1w site separability (mean pairwise W1):", separability)
 
 
