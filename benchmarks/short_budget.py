@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """Short-budget training comparisons at the same wall time (issue 9): which change is worth hours of CPU?
 
-    python benchmarks/short_budget.py OUT_DIR [--minutes 20] [--parallel 2] [--variants baseline velocity ...]
+    python benchmarks/short_budget.py OUT_DIR [--minutes 20] [--parallel 2] [--seed 0] [--variants baseline ...]
 
 Every variant trains from scratch for ``--minutes`` of wall time with the same seed and the same 16 synthetic
-target-domain subjects (rendered once into OUT_DIR/data.npz), one CPU thread each and ``torch.compile``,
+target-domain subjects (rendered once into OUT_DIR/data.npz; copy it into another OUT_DIR to repeat a
+comparison with another ``--seed``), one CPU thread each and ``torch.compile``,
 ``--parallel`` runs at a time (keep the machine's load the same for every run), and is then scored on the
 validation subjects (seeds 3001-3002, never trained on):
 
@@ -39,10 +40,11 @@ VARIANTS = {  # changes to BASE (later flags win in argparse)
     "patch32-batch8": ["--patch-size", "32", "--batch-size", "8"],
     "late-time0.5": ["--late-time-fraction", "0.5"],
     "multi-stride0.5": ["--multi-stride-fraction", "0.5"],
+    "multi-stride1.0": ["--multi-stride-fraction", "1.0"],
 }
 
 
-def start_training(out_dir: Path, name: str, minutes: float) -> subprocess.Popen | None:
+def start_training(out_dir: Path, name: str, minutes: float, seed: int = 0) -> subprocess.Popen | None:
     run = out_dir / name
     if (run / "model.pt").exists():
         return None
@@ -50,7 +52,7 @@ def start_training(out_dir: Path, name: str, minutes: float) -> subprocess.Popen
     if not (run / "data.npz").exists():
         shutil.copy(out_dir / "data.npz", run / "data.npz")
     cmd = ["bhd-train", str(run), *BASE, *VARIANTS[name], "--time-budget", str(minutes), "--steps", "1000000",
-           "--validate-minutes", "0", "--seed", "0", "--threads", "1", "--export", str(run / "model.pt")]
+           "--validate-minutes", "0", "--seed", str(seed), "--threads", "1", "--export", str(run / "model.pt")]
     return subprocess.Popen(cmd, stdout=open(run / "train.log", "w"), stderr=subprocess.STDOUT)
 
 
@@ -75,12 +77,14 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=20)
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--seed", type=int, default=0, help="training seed (weights, patches, noise) of every variant")
     args = p.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if not (args.out_dir / "data.npz").exists():  # the training command's own renderer and cache format
         load_or_make_data(argparse.Namespace(run_dir=args.out_dir, synthetic=16, lesion_every=3))
     for k in range(0, len(args.variants), args.parallel):
-        runs = [start_training(args.out_dir, name, args.minutes) for name in args.variants[k:k + args.parallel]]
+        batch = args.variants[k:k + args.parallel]
+        runs = [start_training(args.out_dir, name, args.minutes, args.seed) for name in batch]
         for run in runs:
             if run and run.wait():
                 raise SystemExit(f"training failed: {run.args}")

@@ -10,13 +10,28 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bhd_app.cli.parser import DEFAULTS_T1W
-from bhd_app.cli.run import main
+from bhd_app.cli.parser import DEFAULTS_CONTRAST_CONVERSION, DEFAULTS_T1W, build_parser
+from bhd_app.cli.run import harmonization_settings, main
 
 from conftest import small_dataset as _small_dataset
 
 def _derivative_files(out: Path) -> list[Path]:
     return [p for p in out.rglob("sub-*") if p.is_file()]
+
+
+def test_each_contrast_gets_its_own_defaults_and_options_override_them(tmp_path):
+    """T1w starts late from the histogram-matched source and refines; T2w (contrast conversion, section 4.8)
+    starts from noise, averages several draws and does not refine; an option given on the command line wins."""
+    common = [str(tmp_path), str(tmp_path / "out"), "participant"]
+    args = build_parser().parse_args(common)
+    t1w, t2w = harmonization_settings(args, "T1w"), harmonization_settings(args, "T2w")
+    assert {k: t1w[k] for k in DEFAULTS_T1W} == DEFAULTS_T1W
+    assert {k: t2w[k] for k in DEFAULTS_CONTRAST_CONVERSION} == DEFAULTS_CONTRAST_CONVERSION
+    assert t2w["start_time"] == 0.0 and t2w["refinement"] == "none" and t2w["samples"] > t1w["samples"]
+    args = build_parser().parse_args([*common, "--samples", "2", "--start-time", "0.5"])
+    for suffix in ("T1w", "T2w"):
+        assert harmonization_settings(args, suffix)["samples"] == 2
+        assert harmonization_settings(args, suffix)["start_time"] == 0.5
 
 
 def test_not_a_bids_folder_is_one_line_error(tmp_path, capsys):
