@@ -40,7 +40,6 @@ VARIANTS = {  # changes to BASE (later flags win in argparse)
     "patch32-batch8": ["--patch-size", "32", "--batch-size", "8"],
     "late-time0.5": ["--late-time-fraction", "0.5"],
     "multi-stride0.5": ["--multi-stride-fraction", "0.5"],
-    "multi-stride1.0": ["--multi-stride-fraction", "1.0"],
 }
 
 
