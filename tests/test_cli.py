@@ -12,6 +12,7 @@ import pytest
 
 from bhd_app.cli.parser import DEFAULTS_CONTRAST_CONVERSION, DEFAULTS_T1W, build_parser
 from bhd_app.cli.run import harmonization_settings, main
+from bhd_app.harmonize import default_model_path
 
 from conftest import small_dataset as _small_dataset
 
@@ -32,6 +33,24 @@ def test_each_contrast_gets_its_own_defaults_and_options_override_them(tmp_path)
     for suffix in ("T1w", "T2w"):
         assert harmonization_settings(args, suffix)["samples"] == 2
         assert harmonization_settings(args, suffix)["start_time"] == 0.5
+
+
+def test_the_model_card_states_the_participant_level_defaults(tmp_path):
+    """The shipped model card repeats the defaults it was chosen with (issue 9); they must be the parser's."""
+    card = json.loads(default_model_path().with_suffix(".json").read_text())
+    args = build_parser().parse_args([str(tmp_path), str(tmp_path / "out"), "participant"])
+    for suffix in ("T1w", "T2w"):
+        stated = card["defaults"][suffix]
+        used = harmonization_settings(args, suffix)
+        assert {key: used.get(key, getattr(args, key, None)) for key in stated} == stated, suffix
+
+
+def test_help_states_the_contrast_dependent_defaults_without_none(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "default: None" not in text
+    assert f"default {DEFAULTS_T1W['start_time']} for T1w" in text and "(default: 0.005)" in text
 
 
 def test_not_a_bids_folder_is_one_line_error(tmp_path, capsys):

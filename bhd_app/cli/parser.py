@@ -22,6 +22,13 @@ def harmonize_defaults(suffix: str = "T1w") -> dict:
     return {"steps": parser.get_default("steps"), "refine_step": parser.get_default("refine_step"), **defaults}
 
 
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default, except None: those options say in their help what they do when not given."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def _existing_dir(value: str) -> Path:
     path = Path(value).expanduser().absolute()
     if not path.is_dir():
@@ -55,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bhd-app",
         description="bhd: BlindHarmonyDiff blind harmonization of T1-weighted brain MRI, as a BIDS App.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_DefaultsHelpFormatter)
     p.add_argument("bids_dir", type=_existing_dir, help="the input BIDS dataset")
     p.add_argument("output_dir", type=lambda v: Path(v).expanduser().absolute(),
                    help="the derivatives folder (created if missing)")
@@ -102,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--refine-region", choices=("brain", "volume"), default="brain")
     g.add_argument("--refine-reference", choices=("source", "histmatch"),
                    help="the image the refinement correlates with: the source (paper) or the source matched to "
-                        f"the target histogram (default {DEFAULTS_T1W['refine_reference']} for T1w)")
+                        f"the target histogram (default {DEFAULTS_T1W['refine_reference']} for T1w, "
+                        f"{DEFAULTS_CONTRAST_CONVERSION['refine_reference']} for T2w)")
     g.add_argument("--brain-extraction", choices=("auto", "deepbet", "template", "nonzero"), default="auto",
                    help="auto: the non-zero voxels of skull-stripped inputs, deepbet for T1w heads, "
                         "template-based otherwise; nonzero: the input is already skull-stripped")
