@@ -8,6 +8,10 @@ by every model with the defaults the participant level uses for that input (T1w:
 T2w: contrast conversion) and scored against the same subject's target render inside the brain: PSNR, SSIM
 and the lesion contrast error of Fig. 6, next to histogram matching. This is how a new checkpoint earns the
 right to be shipped: it must not lose to the shipped one here.
+
+``--reconstruction`` also regenerates each subject's target render from its own edge map, from pure noise
+(no source image at all, as for contrast conversion), and scores it the same way: the model's own skill,
+lesions included, which the late T1w start hides behind the histogram-matched source.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch
 from bhd_app.baselines import histogram_matching
 from bhd_app.cli.parser import harmonize_defaults
 from bhd_app.harmonize import harmonize, load_model
-from bhd_app.validation import score_with_lesion, traveling_subjects
+from bhd_app.validation import reconstruction_score, score_with_lesion, traveling_subjects
 
 SOURCES = ("sonata15t", "biograph3t", "vision15t", "vida3t", "t2w3t")
 
@@ -32,13 +36,20 @@ def main() -> None:
     p.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES)
     p.add_argument("--seeds", type=int, nargs="+", default=[3001, 3002])
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--reconstruction", action="store_true",
+                   help="also regenerate each target render from its own edge map from pure noise")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     loaded = [load_model(path) for path in args.models]
     models = {f"{path} (step {model.card['steps']})": model for path, model in zip(args.models, loaded)}
     scores: dict[tuple[str, str], list] = {}
+    reconstructed: set[int] = set()
     for subj in traveling_subjects(seeds=args.seeds, sources=args.sources):
+        if args.reconstruction and subj.seed not in reconstructed:
+            reconstructed.add(subj.seed)
+            for name, model in models.items():
+                scores.setdefault((name, "from noise"), []).append(reconstruction_score(model, subj))
         suffix = "T2w" if subj.protocol.startswith("t2w") else "T1w"
         images = {"histogram matching": histogram_matching(subj.source, subj.mask, loaded[0].target_quantiles)}
         for name, model in models.items():
@@ -47,10 +58,11 @@ def main() -> None:
             scores.setdefault((name, subj.protocol), []).append(score_with_lesion(image, subj))
         print(subj.seed, subj.protocol, {k[0]: np.round(v[-1], 3).tolist() for k, v in scores.items()
                                          if k[1] == subj.protocol}, flush=True)
+    columns = args.sources + ["from noise"] * args.reconstruction
     print("PSNR / SSIM / |lesion contrast - target's|, mean of the validation subjects")
-    print("| method | " + " | ".join(args.sources) + " |\n|---" * 1 + "|---" * len(args.sources) + "|")
-    for name in dict.fromkeys(k[0] for k in scores):
-        cells = [np.mean(scores[(name, src)], axis=0) for src in args.sources]
+    print("| method | " + " | ".join(columns) + " |\n|---" * 1 + "|---" * len(columns) + "|")
+    for name in dict.fromkeys(k[0] for k in scores if k[1] != "from noise"):
+        cells = [np.mean(scores.get((name, src), [[np.nan] * 3]), axis=0) for src in columns]
         print(f"| {name} | " + " | ".join(f"{c[0]:.2f} / {c[1]:.3f} / {c[2]:.3f}" for c in cells) + " |")
 
 

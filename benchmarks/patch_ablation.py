@@ -58,7 +58,7 @@ def main() -> None:
     for name, fraction in VARIANTS.items():
         model = load_model(train(args.out_dir / f"msf{fraction}", fraction, args))
         for subj in subjects:
-            psnr_db, ssim_value = reconstruction_score(model, subj)
+            psnr_db, ssim_value, _ = reconstruction_score(model, subj)
             rows.append({"variant": name, "seed": subj.seed, "steps": model.card["steps"],
                          "training_s": model.card["wall_time_s"],
                          "psnr": round(psnr_db, 3), "ssim": round(ssim_value, 4)})

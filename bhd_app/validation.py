@@ -78,17 +78,18 @@ def score(image: np.ndarray, subject: TravelingSubject) -> tuple[float, float]:
     return psnr(image, subject.target, subject.mask), ssim(image, subject.target, subject.mask)
 
 
-def reconstruction_score(model: HarmonizationModel, subject: TravelingSubject) -> tuple[float, float]:
-    """The target render regenerated from its own edge map from pure noise (2 midpoint steps), scored (S4.1)."""
-    edge_map, _ = canny_edges(subject.target)
-    image = generate(model, edge_map, steps=2, start_time=0.0, seed=0)
-    image[subject.mask == 0] = 0
-    return score(image, subject)
-
-
 def score_with_lesion(image: np.ndarray, subject: TravelingSubject) -> tuple[float, float, float]:
     """PSNR, SSIM (inside the brain) and the lesion contrast error against the subject's target render."""
     return (*score(image, subject), subject.lesion_contrast_error(image))
+
+
+def reconstruction_score(model: HarmonizationModel, subject: TravelingSubject) -> tuple[float, float, float]:
+    """The target render regenerated from its own edge map from pure noise (2 midpoint steps), scored (S4.1):
+    PSNR, SSIM and lesion contrast error, as ``score_with_lesion``."""
+    edge_map, _ = canny_edges(subject.target)
+    image = generate(model, edge_map, steps=2, start_time=0.0, seed=0)
+    image[subject.mask == 0] = 0
+    return score_with_lesion(image, subject)
 
 
 def validate(model: HarmonizationModel, subjects: list[TravelingSubject], **settings) -> list[dict]:
