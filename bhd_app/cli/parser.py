@@ -103,8 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--refinement", choices=("ncc", "mi", "none"),
                    help="refinement objective (default: ncc for T1w, none for contrast conversion)")
     g.add_argument("--refine-step", type=float, default=0.005,
-                   help="refinement step (paper: 0.02; the public research code and bhd's default: 0.005, chosen on "
-                        "the validation subjects, BENCHMARKS.md)")
+                   help="refinement step: the RMS intensity change per iteration, never past the NCC maximum (a "
+                        "linear map of the reference), so larger steps move the result further towards it (paper: "
+                        "0.02; the public research code and bhd's default: 0.005, chosen on the validation "
+                        "subjects, BENCHMARKS.md)")
     g.add_argument("--refine-iterations", type=int, default=6, help="refinement iterations (paper: 6)")
     g.add_argument("--refine-region", choices=("brain", "volume"), default="brain")
     g.add_argument("--refine-reference", choices=("source", "histmatch"),
