@@ -1,14 +1,16 @@
 #!/usr/bin/env python
 """Lesion-focused fine-tuning: does more lesion exposure stop the network lifting lesions towards white matter?
 
-    python benchmarks/lesion_finetune.py OUT_DIR [--minutes 60] [--focus 0.5] [--lesions 4] [--threads 2]
+    python benchmarks/lesion_finetune.py OUT_DIR [--minutes 60] [--focus 0.5] [--lesions 4] [--threads 2] \
+        [--patch-size 48 --batch-size 4] [--compact-state STATE --ema-model MODEL]
 
 Session 4 found that the shipped model pulls simulated lesions towards white matter (its prior: 5 of its 16
 training subjects have lesions, and a random 48^3 patch rarely holds one). This script continues the
-shipped model's training (its compact state and EMA, the campaign's settings: lr 1e-4, late-time fraction
-0.5, clean-image prediction) on 16 target-protocol subjects that *all* have ``--lesions`` lesions, with a
-share ``--focus`` of the patches placed so that they contain a lesion voxel (simple patches; the rest are
-the usual 20 % multi-stride / 80 % simple draws). Running it again resumes from OUT_DIR/checkpoint.pt.
+shipped model's training (its compact state and EMA, or those given; the campaign's settings: lr 1e-4,
+late-time fraction 0.5, clean-image prediction) on ``--subjects`` (16) target-protocol subjects that *all*
+have ``--lesions`` lesions, with a share ``--focus`` of the patches placed so that they contain a lesion
+voxel (simple patches; the rest are the usual 20 % multi-stride / 80 % simple draws). Running it again
+resumes from OUT_DIR/checkpoint.pt.
 Writes OUT_DIR/model.pt (+ card); score it against the shipped model with ``compare_models.py``.
 
 The lesion masks come from the simulator, so this is an experiment on the training data's lesion content,
@@ -80,6 +82,12 @@ def main() -> None:
     p.add_argument("--subjects", type=int, default=16)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--patch-size", type=int, default=48)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--compact-state", type=Path, default=REPO / "training" / "default-w16" / "compact_state.pt",
+                   help="training state to start from (default: the shipped model's)")
+    p.add_argument("--ema-model", type=Path, default=None,
+                   help="model file holding that state's EMA weights (default: the shipped model)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -93,15 +101,16 @@ def main() -> None:
         np.savez(cache, **{f"{name}{k}": a for name, arrays in zip(("image", "mask", "edge", "lesion"), data)
                            for k, a in enumerate(arrays)})
     images, masks, edges, lesions = data
-    config = TrainConfig(patch_size=48, batch_size=4, learning_rate=1e-4, late_time_fraction=0.5,
-                         parameterization="image", checkpoint_every_s=300, unet=UNetConfig(base_width=16))
+    config = TrainConfig(patch_size=args.patch_size, batch_size=args.batch_size, learning_rate=1e-4,
+                         late_time_fraction=0.5, parameterization="image", checkpoint_every_s=300,
+                         unet=UNetConfig(base_width=16))
     sampler = LesionFocusedSampler(images, edges, lesions, config.patch_size, config.multi_stride_fraction,
                                    args.focus)
     trainer = Trainer(config, sampler, args.out_dir, torch.device("cpu"), compile=args.compile)
-    compact = REPO / "training" / "default-w16" / "compact_state.pt"
+    compact = args.compact_state
     if trainer.step == 0:
-        shipped = default_model_path()
-        ema = {k: v.float() for k, v in torch.load(shipped, weights_only=True)["state_dict"].items()}
+        ema_model = args.ema_model or default_model_path()
+        ema = {k: v.float() for k, v in torch.load(ema_model, weights_only=True)["state_dict"].items()}
         trainer.load_compact_state(compact, ema)
     start = torch.load(compact, weights_only=True)["step"]
     trainer.train(time_budget_s=args.minutes * 60)
