@@ -21,7 +21,10 @@ from torch import nn
 from torchdiffeq import odeint
 
 PARAMETERIZATIONS = ("velocity", "image")
-MIN_ONE_MINUS_T = 0.05
+# Guards only an evaluation at t = 1 itself (rk4's last stage, adaptive solvers): midpoint and euler
+# never evaluate there, and a larger floor would shrink the velocity of their last steps.
+MIN_ONE_MINUS_T = 1e-4
+FIXED_STEP_METHODS = ("euler", "midpoint", "rk4", "explicit_adams", "implicit_adams")
 
 
 def to_flow_space(image01: torch.Tensor) -> torch.Tensor:
@@ -84,8 +87,8 @@ def rectified_flow_loss(net: nn.Module, x1: torch.Tensor, cond: torch.Tensor, pa
 
 
 @torch.no_grad()
-def sample(net: nn.Module, cond: torch.Tensor, parameterization: str = "velocity", steps: int = 4,
-           method: str = "midpoint", start_time: float = 0.0, start_image: torch.Tensor | None = None,
+def sample(net: nn.Module, cond: torch.Tensor, parameterization: str, *, steps: int, method: str,
+           start_time: float = 0.0, start_image: torch.Tensor | None = None,
            atol: float = 5e-5, rtol: float = 5e-5, generator: torch.Generator | None = None,
            autocast: bool = False) -> torch.Tensor:
     """Integrate the learned velocity field from t0 to 1 (eq. 5): returns x1 in flow space, (B, 1, D, H, W).
@@ -108,7 +111,10 @@ def sample(net: nn.Module, cond: torch.Tensor, parameterization: str = "velocity
             v = velocity(net, x_t, tt, cond, parameterization)
         return v.to(x_t.dtype)
 
+    if method in FIXED_STEP_METHODS:
+        # The step grid itself (steps + 1 times): a step_size option would let torchdiffeq round the float32
+        # grid up to an extra, zero-length step that costs a whole step of network evaluations.
+        times = torch.linspace(start_time, 1.0, steps + 1, device=cond.device, dtype=torch.float64).to(cond.dtype)
+        return odeint(field, x, times, method=method)[-1]
     times = torch.tensor([start_time, 1.0], device=cond.device, dtype=cond.dtype)
-    fixed = method in ("euler", "midpoint", "rk4", "explicit_adams", "implicit_adams")
-    options = {"step_size": (1.0 - start_time) / steps} if fixed else None
-    return odeint(field, x, times, method=method, atol=atol, rtol=rtol, options=options)[-1]
+    return odeint(field, x, times, method=method, atol=atol, rtol=rtol)[-1]

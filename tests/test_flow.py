@@ -86,6 +86,24 @@ def test_sampler_reaches_known_image_in_image_parameterization(x1, cond, method,
     assert net.times == pytest.approx(expected, abs=1e-6)
 
 
+@pytest.mark.parametrize("method,calls_per_step", [("euler", 1), ("midpoint", 2)])
+@pytest.mark.parametrize("start_time", [0.0, 0.5, 0.8, 0.9, 0.95])
+@pytest.mark.parametrize("steps", [1, 2, 3, 16])
+def test_oracle_network_is_reproduced_exactly_from_any_start(x1, cond, method, calls_per_step, start_time, steps):
+    """dx/dt = (x1 - x) / (1 - t) is linear in t for a fixed x1, so euler and midpoint land on x1 exactly.
+
+    They must, whatever t0 and step count, with exactly ``steps`` steps of network calls: no floor on 1 - t
+    may shrink the last steps' velocity, and no extra zero-length step may appear on the time grid.
+    """
+    net = KnownImage(x1)
+    start = torch.zeros_like(x1)
+    out = flow.sample(net, cond, "image", steps=steps, method=method, start_time=start_time, start_image=start,
+                      generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, x1, rtol=0, atol=1e-4)
+    assert len(net.times) == calls_per_step * steps
+    assert max(net.times) < 1.0
+
+
 @pytest.mark.parametrize("method", ["euler", "midpoint"])
 def test_sampler_reaches_known_image_in_velocity_parameterization(x1, cond, method):
     out = flow.sample(KnownVelocity(x1), cond, "velocity", steps=4, method=method,
@@ -101,7 +119,7 @@ def test_sampler_with_wrong_network_misses(x1, cond):
 
 
 def test_adaptive_solver_reaches_known_image(x1, cond):
-    out = flow.sample(KnownVelocity(x1), cond, "velocity", method="dopri5", start_time=0.0,
+    out = flow.sample(KnownVelocity(x1), cond, "velocity", steps=1, method="dopri5", start_time=0.0,
                       generator=torch.Generator().manual_seed(2))
     # (x1 - x_t) / (1 - t) is exact for straight paths; dopri5 follows them within its tolerance.
     torch.testing.assert_close(out, x1, rtol=0, atol=1e-3)
@@ -114,12 +132,12 @@ def test_start_time_uses_the_start_image(cond):
     shape = (SHAPE[0], 1, 8, 8, 8)
     cond = torch.rand(shape[0], 4, 8, 8, 8)
     start = torch.rand(shape) * 2 - 1
-    out = flow.sample(net, cond, "velocity", steps=2, start_time=0.6, start_image=start,
+    out = flow.sample(net, cond, "velocity", steps=2, method="midpoint", start_time=0.6, start_image=start,
                       generator=torch.Generator().manual_seed(5))
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(out, 0.6 * start + 0.4 * noise)
     # Another start image gives another result.
-    other = flow.sample(net, cond, "velocity", steps=2, start_time=0.6, start_image=-start,
+    other = flow.sample(net, cond, "velocity", steps=2, method="midpoint", start_time=0.6, start_image=-start,
                         generator=torch.Generator().manual_seed(5))
     assert (other - out).abs().max() > 0.1
 
@@ -135,17 +153,17 @@ def test_start_time_integrates_from_t0_only(x1, cond):
 
 def test_start_time_without_start_image_fails(cond):
     with pytest.raises(ValueError, match="start_image"):
-        flow.sample(Constant(0.0), cond, start_time=0.5)
+        flow.sample(Constant(0.0), cond, "velocity", steps=2, method="midpoint", start_time=0.5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_sample_shape_and_dtype(cond, dtype):
-    out = flow.sample(Constant(0.0), cond.to(dtype), steps=2)
+    out = flow.sample(Constant(0.0), cond.to(dtype), "velocity", steps=2, method="midpoint")
     assert out.shape == SHAPE and out.dtype == dtype
     # Seeded: the same generator seed gives the same noise, another seed another one.
-    a = flow.sample(Constant(0.0), cond, steps=2, generator=torch.Generator().manual_seed(3))
-    b = flow.sample(Constant(0.0), cond, steps=2, generator=torch.Generator().manual_seed(3))
-    c = flow.sample(Constant(0.0), cond, steps=2, generator=torch.Generator().manual_seed(4))
+    a = flow.sample(Constant(0.0), cond, "velocity", steps=2, method="midpoint", generator=torch.Generator().manual_seed(3))
+    b = flow.sample(Constant(0.0), cond, "velocity", steps=2, method="midpoint", generator=torch.Generator().manual_seed(3))
+    c = flow.sample(Constant(0.0), cond, "velocity", steps=2, method="midpoint", generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert (a - c).abs().max() > 0.1
 
