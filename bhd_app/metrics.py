@@ -1,14 +1,18 @@
 """Image similarity inside the brain: PSNR and SSIM (section 4.4, Table 1).
 
-Both compare images normalized to [0, 1] (data range 1) and are averaged over
-the voxels of a brain mask. SSIM uses a 3D Gaussian window (sigma 1.5 voxels,
-Wang et al. 2004 constants), computed over the whole volume, then averaged in the mask.
+Both compare images in [0, 1] (data range 1) and are averaged over the voxels
+of a brain mask. SSIM uses a 3D Gaussian window (sigma 1.5 voxels, Wang et al.
+2004 constants), computed over the whole volume, then averaged in the mask.
+``fidelity`` is the paper's scoring: each image is first normalized to its own
+1st-99th percentiles inside the mask, so a global scale and offset earn nothing.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
+
+from .intensity import normalize_percentile
 
 
 def psnr(image: np.ndarray, reference: np.ndarray, mask: np.ndarray, data_range: float = 1.0) -> float:
@@ -34,6 +38,20 @@ def ssim(image: np.ndarray, reference: np.ndarray, mask: np.ndarray, data_range:
     cxy = blur(x * y) - mx * my
     s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
     return float(s[mask > 0].mean())
+
+
+def percentile_normalized(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``image`` normalized to its 1st-99th percentiles in ``mask`` (all zero if it has no range there)."""
+    try:
+        return normalize_percentile(image, mask)[0]
+    except ValueError:
+        return np.zeros(image.shape, np.float32)
+
+
+def fidelity(image: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """(PSNR, SSIM) in ``mask`` after normalizing each image to its 1st-99th percentiles there (section 4.4)."""
+    a, b = percentile_normalized(image, mask), percentile_normalized(reference, mask)
+    return psnr(a, b, mask), ssim(a, b, mask)
 
 
 def ncc(image: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> float:

@@ -40,10 +40,10 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .errors import BHDInputError
+from .intensity import PERCENTILES, normalize_percentile  # noqa: F401 (part of this stage)
 from .templates import TEMPLATE_SPACE, harmonization_grid, load_template
 
 BRAIN_EXTRACTION_METHODS = ("auto", "deepbet", "template", "nonzero")
-PERCENTILES = (1.0, 99.0)  # section 4.1
 MAX_ANISOTROPY = 5.0  # largest / smallest voxel size
 MIN_EXTENT_VOXELS = 16  # a "3D" image thinner than this is a slab or a single slice
 # An input whose nonzero voxels fill less than this (and at least 30% of the field of view is exactly
@@ -362,22 +362,6 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------
 # Step 6: normalization
-
-
-def normalize_percentile(
-    image: np.ndarray, mask: np.ndarray, percentiles: tuple[float, float] = PERCENTILES
-) -> tuple[np.ndarray, float, float]:
-    """Subject-level min-max normalization between the 1st and 99th percentiles inside the brain (4.1).
-
-    Returns (normalized float32 image clipped to [0, 1] and 0 outside the mask, low, high).
-    """
-    inside = mask > 0
-    low, high = (float(v) for v in np.percentile(image[inside], percentiles))
-    if not high > low:
-        raise ValueError(f"no intensity range inside the brain mask (percentiles {low} and {high})")
-    out = np.clip((image - low) / (high - low), 0.0, 1.0).astype(np.float32)
-    out[~inside] = 0.0
-    return out, low, high
 
 
 # ----------------------------------------------------------------------------------------------

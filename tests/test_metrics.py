@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bhd_app.metrics import ncc, psnr, ssim
+from bhd_app.metrics import fidelity, ncc, psnr, ssim
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +101,24 @@ def test_ncc_of_a_linear_transform(reference):
     assert 0.5 < ncc(image**4, image, mask) < 0.99
     rng = np.random.default_rng(3)
     assert abs(ncc(rng.random(image.shape), image, mask)) < 0.02
+
+
+def test_fidelity_gives_no_credit_for_a_global_rescale(reference):
+    """Normalized 1-99 % in the mask first: a linear map of an image scores as the image itself."""
+    image, mask = reference
+    target = noisy(image, 0.02)
+    plain = fidelity(image, target, mask)
+    for scale, offset in ((0.7, 0.1), (1.3, -0.05)):
+        rescaled = fidelity(scale * image + offset, target, mask)
+        assert rescaled == pytest.approx(plain, abs=1e-4)
+        # Raw PSNR does reward (or punish) the same rescale.
+        assert abs(psnr(scale * image + offset, target, mask) - psnr(image, target, mask)) > 1.0
+    assert fidelity(image, image, mask)[0] == float("inf")
+    assert fidelity(target, image, mask)[1] < 1.0
+
+
+def test_fidelity_of_an_image_without_range_is_low(reference):
+    image, mask = reference
+    flat = np.full(image.shape, 0.3, np.float32)
+    psnr_db, ssim_value = fidelity(flat, image, mask)
+    assert psnr_db < 10 and ssim_value < 0.2
