@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from bhd_app.cli.parser import DEFAULTS_T1W
+from bhd_app.config import T1W
 from bhd_app.edges import canny_edges
 from bhd_app.harmonize import generate, load_model, select_device
 from bhd_app.baselines import histogram_matching
@@ -54,7 +54,7 @@ def main() -> None:
     edge_map, _ = canny_edges(source)
     t1 = time.perf_counter()
     start = histogram_matching(source, mask, model.target_quantiles)
-    generated = generate(model, edge_map, steps=args.steps, start_time=DEFAULTS_T1W["start_time"], start_image=start)
+    generated = generate(model, edge_map, steps=args.steps, start_time=T1W.start_time, start_image=start)
     t2 = time.perf_counter()
     refine(generated, source, mask, "ncc", 0.02, 6)
     t3 = time.perf_counter()
@@ -75,7 +75,7 @@ def main() -> None:
 
     result = {
         "device": str(device), "cpu_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-        "unet_width": model.net.config.base_width, "solver_steps": args.steps, "start_time": DEFAULTS_T1W["start_time"],
+        "unet_width": model.net.config.base_width, "solver_steps": args.steps, "start_time": T1W.start_time,
         "edge_map_s": round(t1 - t0, 2), "sampling_s": round(t2 - t1, 2), "refinement_s": round(t3 - t2, 2),
         "harmonization_total_s": round(t3 - t0, 2), "peak_memory_GiB": round(peak, 2),
         "train_patch_size": cfg.patch_size, "train_batch": cfg.batch_size,

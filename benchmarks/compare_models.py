@@ -4,7 +4,7 @@
     python benchmarks/compare_models.py MODEL.pt [MODEL.pt ...] [--sources sonata15t ... t2w3t] [--threads 1]
 
 Subjects 3001-3002 (never trained on, not in the benchmark), rendered by each source protocol, are harmonized
-by every model with the defaults the participant level uses for that input (T1w: ``harmonize_defaults()``;
+by every model with the defaults the participant level uses for that input (T1w: ``config.preset('T1w')``;
 T2w: contrast conversion) and scored against the same subject's target render inside the brain: PSNR, SSIM
 and the lesion contrast error of Fig. 6, next to histogram matching. This is how a new checkpoint earns the
 right to be shipped: it must not lose to the shipped one here.
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from bhd_app.baselines import histogram_matching
-from bhd_app.cli.parser import harmonize_defaults
+from bhd_app.config import preset
 from bhd_app.harmonize import harmonize, load_model
 from bhd_app.validation import reconstruction_score, score_with_lesion, traveling_subjects
 
@@ -53,7 +53,7 @@ def main() -> None:
         suffix = "T2w" if subj.protocol.startswith("t2w") else "T1w"
         images = {"histogram matching": histogram_matching(subj.source, subj.mask, loaded[0].target_quantiles)}
         for name, model in models.items():
-            images[name] = harmonize(model, subj.source, subj.mask, **harmonize_defaults(suffix))["harmonized"]
+            images[name] = harmonize(model, subj.source, subj.mask, preset(suffix))["harmonized"]
         for name, image in images.items():
             scores.setdefault((name, subj.protocol), []).append(score_with_lesion(image, subj))
         print(subj.seed, subj.protocol, {k[0]: np.round(v[-1], 3).tolist() for k, v in scores.items()

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from bhd_app.baselines import target_quantiles, target_spectrum
-from bhd_app.cli.train import synthetic_target_subject
+from bhd_app.target_data import synthetic_target_subject
 from bhd_app.harmonize import default_model_path, save_model
 from bhd_app.model import UNetConfig
 from bhd_app.templates import harmonization_grid

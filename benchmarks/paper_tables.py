@@ -49,10 +49,10 @@ sys.path.insert(0, str(REPO / "bids_examples"))
 import make_examples  # noqa: E402
 
 from bhd_app.baselines import histogram_matching, spectrum_swapping  # noqa: E402
-from bhd_app.cli.parser import harmonize_defaults  # noqa: E402
+from bhd_app.config import T1W  # noqa: E402
 from bhd_app.edges import canny_edges  # noqa: E402
 from bhd_app.harmonize import harmonize, load_model  # noqa: E402
-from bhd_app.metrics import lesion_contrast, psnr, ssim  # noqa: E402
+from bhd_app.metrics import fidelity, lesion_contrast  # noqa: E402
 from bhd_app.refinement import refine  # noqa: E402
 from bhd_app.simulation import PROTOCOLS, make_anatomy  # noqa: E402
 from bhd_app.validation import lesion_and_shell  # noqa: E402
@@ -161,7 +161,7 @@ def main() -> None:
         timings[method] = round(run_app(ds, root / f"out-{method}", work, method, args.nprocs), 1)
         print(f"{method}: {timings[method]} s", flush=True)
     model = load_model(args.model)
-    defaults = harmonize_defaults()
+    defaults = T1W
     rows, slices = [], {}
     for seed in seeds:
         sub = str(seed)
@@ -193,8 +193,8 @@ def main() -> None:
             generated = nib.load(one(work / "bhd_participant_wf" / job / "harmonize", "generated.nii.gz")).get_fdata()
             start = histogram_matching(source, brain, model.target_quantiles)
             if suffix == "T1w":  # the participant level's refinement step and reference
-                step = defaults["refine_step"]
-                reference = start if defaults["refine_reference"] == "histmatch" else source
+                step = defaults.refine_step
+                reference = start if defaults.refine_reference == "histmatch" else source
                 images["bhd refinement MI"] = refine(generated.astype(np.float32), reference, brain, "mi", step)[0]
                 images["bhd no refinement"] = generated
                 images["no model: histogram-matched start + NCC to the source"] = refine(start, source, brain, "ncc",
@@ -202,13 +202,13 @@ def main() -> None:
                 average = spectrum_swapping(np.zeros_like(source), brain, model.ssimh_spectrum())
                 images["no model: target average + NCC"] = refine(average, reference, brain, "ncc", step)[0]
                 images["unconditional (random edges)"] = harmonize(
-                    model, source, brain, edge_map=random_edges(source, brain, seed), **defaults)["harmonized"]
+                    model, source, brain, defaults, edge_map=random_edges(source, brain, seed))["harmonized"]
             for method, image in images.items():
                 moved = to_target(image)
                 row = kept.get((seed, src, method))
                 if row is None:
                     row = {"seed": seed, "protocol": src, "method": method,
-                           "psnr": round(psnr(moved, target, mask), 3), "ssim": round(ssim(moved, target, mask), 4),
+                           **dict(zip(("psnr", "ssim"), (round(v, 4) for v in fidelity(moved, target, mask)))),
                            "dice": round(dice(atropos_labels(moved, mask, target_img), target_seg * mask), 4),
                            "lesion_contrast": round(lesion_contrast(moved, lesion, shell), 3),
                            "target_lesion_contrast": round(target_lc, 3)}

@@ -46,7 +46,7 @@ import numpy as np
 from scipy import ndimage
 
 from bhd_app.group import collect_results, site_separability
-from bhd_app.metrics import lesion_contrast, psnr, ssim
+from bhd_app.metrics import fidelity, lesion_contrast, ssim
 from bhd_app.templates import GRID_SPACING
 
 METHODS = ("none", "histmatch", "bhd")
@@ -106,7 +106,7 @@ def t1w_scorer(root: Path, sub: str, ses: str):
 
     def score(image: np.ndarray) -> tuple[float, float]:
         moved = ants.apply_transforms(t1, t2.new_image_like(image.astype(np.float32)), reg["fwdtransforms"]).numpy()
-        return psnr(moved, t1.numpy(), mask), ssim(moved, t1.numpy(), mask)
+        return fidelity(moved, t1.numpy(), mask)
 
     return score
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from bhd_app.baselines import histogram_matching
-from bhd_app.cli.parser import DEFAULTS_T1W
+from bhd_app.config import T1W
 from bhd_app.edges import canny_edges
 from bhd_app.harmonize import HarmonizationModel, generate, load_model
 from bhd_app.refinement import refine
@@ -42,7 +42,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None)
     p.add_argument("--checkpoint", default=None)
-    p.add_argument("--start-time", type=float, default=DEFAULTS_T1W["start_time"])
+    p.add_argument("--start-time", type=float, default=T1W.start_time)
     args = p.parse_args()
     model = load_for_benchmark(args.model, args.checkpoint)
     scores = {s: [] for s in SETTINGS}

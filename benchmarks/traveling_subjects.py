@@ -23,9 +23,9 @@ import time
 import numpy as np
 
 from bhd_app.baselines import histogram_matching
-from bhd_app.cli.parser import DEFAULTS_CONTRAST_CONVERSION, DEFAULTS_T1W
+from bhd_app.config import preset
 from bhd_app.harmonize import harmonize, load_model, select_device
-from bhd_app.metrics import lesion_contrast, psnr, ssim
+from bhd_app.metrics import fidelity, lesion_contrast
 from bhd_app.simulation import PROTOCOLS, TARGET_PROTOCOL, make_anatomy, render_on_grid
 from bhd_app.templates import harmonization_grid
 from bhd_app.validation import lesion_masks
@@ -56,22 +56,22 @@ def main() -> None:
         for k, name in enumerate(args.sources):
             source, _ = render_on_grid(anatomy, PROTOCOLS[name], seed + 10 + k)
             t1w = PROTOCOLS[name].suffix == "T1w"
-            defaults = DEFAULTS_T1W if t1w else DEFAULTS_CONTRAST_CONVERSION
+            defaults = preset(PROTOCOLS[name].suffix)
             methods = {"source": lambda: source,
                        "histmatch": lambda: histogram_matching(source, mask, model.target_quantiles)}
-            settings = {"bhd": dict(defaults)}
+            settings = {"bhd": {}}
             if args.sweep:
                 for t0 in (args.start_times if t1w else (0.0,)):
                     for ref in (args.refinements if t1w else ("none",)):
                         settings[f"bhd_t{t0}_{ref}"] = {"start_time": t0, "refinement": ref}
             for label, s in settings.items():
-                methods[label] = (lambda s=s: harmonize(model, source, mask, steps=args.steps, seed=seed,
-                                                        **s)["harmonized"])
+                methods[label] = (lambda s=s: harmonize(model, source, mask, defaults, steps=args.steps,
+                                                        seed=seed, **s)["harmonized"])
             for label, fn in methods.items():
                 t0 = time.perf_counter()
                 image = fn()
                 row = {"seed": seed, "protocol": name, "method": label, "seconds": round(time.perf_counter() - t0, 1),
-                       "psnr": round(psnr(image, target, mask), 3), "ssim": round(ssim(image, target, mask), 4),
+                       **dict(zip(("psnr", "ssim"), (round(v, 4) for v in fidelity(image, target, mask)))),
                        "lesion_contrast": round(lesion_contrast(image, lesion, shell), 3),
                        "target_lesion_contrast": round(target_lc, 3)}
                 rows.append(row)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .baselines import histogram_matching
+from .config import T1W, HarmonizationSettings
 from .edges import canny_edges
 from .errors import BHDInputError
 from .flow import from_flow_space, sample, to_flow_space
@@ -122,9 +123,12 @@ def load_model(path: Path | None = None, device: torch.device | str = "cpu") -> 
                               digest, device, spectrum)
 
 
-def generate(model: HarmonizationModel, edge_map: np.ndarray, *, steps: int = 4, method: str = "midpoint",
+def generate(model: HarmonizationModel, edge_map: np.ndarray, *, steps: int = T1W.steps, solver: str = T1W.solver,
              start_time: float = 0.0, start_image: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
-    """The edge-to-image output for a whole volume (eq. 4), in [0, 1] on the grid of ``edge_map``."""
+    """The edge-to-image output for a whole volume (eq. 4), in [0, 1] on the grid of ``edge_map`` (D, H, W).
+
+    ``start_time`` 0 integrates from pure noise; t0 > 0 from t0 * ``start_image`` + (1 - t0) * noise.
+    """
     device = model.device
     cond = torch.cat([torch.from_numpy(edge_map.astype(np.float32))[None], coordinate_grid(edge_map.shape)])[None]
     cond = cond.to(device)
@@ -134,46 +138,43 @@ def generate(model: HarmonizationModel, edge_map: np.ndarray, *, steps: int = 4,
     if start_image is not None:
         start = to_flow_space(torch.from_numpy(start_image.astype(np.float32)))[None, None].to(device)
     generator = torch.Generator(device=device).manual_seed(seed)
-    x1 = sample(model.net, cond, model.parameterization, steps=steps, method=method, start_time=start_time,
+    x1 = sample(model.net, cond, model.parameterization, steps=steps, method=solver, start_time=start_time,
                 start_image=start, generator=generator, autocast=device.type == "cuda")
     return from_flow_space(x1)[0, 0].float().cpu().numpy()
 
 
-def harmonize(model: HarmonizationModel, source: np.ndarray, mask: np.ndarray, *, steps: int = 4,
-              method: str = "midpoint", start_time: float = 0.0, start_from: str = "histmatch",
-              refinement: str = "ncc", refine_step: float = 0.02, refine_iterations: int = 6,
-              refine_region: str = "brain", refine_reference: str = "source", seed: int = 0,
-              samples: int = 1, edge_map: np.ndarray | None = None) -> dict[str, np.ndarray | list]:
-    """Harmonize a preprocessed source image (on the grid, [0, 1], zero outside ``mask``).
+def harmonize(model: HarmonizationModel, source: np.ndarray, mask: np.ndarray,
+              settings: HarmonizationSettings = T1W, *, edge_map: np.ndarray | None = None,
+              **overrides) -> dict[str, np.ndarray | list]:
+    """Harmonize a preprocessed source image (D, H, W) on the grid, in [0, 1], zero outside ``mask``.
 
-    Returns the edge map, the edge-to-image output (``generated``), the refined
-    image (``harmonized``) and the refinement's similarity history.
-    ``start_from`` picks the image mixed into x_t0 when ``start_time`` > 0:
-    ``histmatch`` (the source matched to the target histogram) or ``source``.
-    With ``samples`` > 1 the edge-to-image output is the average of that many
-    draws (seeds ``seed``, ``seed + 1``, ...): an estimate of the posterior mean
-    given the edge map, closer to the target on average, at ``samples`` times
-    the sampling cost. ``refine_reference`` is the image the refinement
-    correlates with: the ``source`` (paper) or the source matched to the target
-    histogram (``histmatch``: the same structure in intensities closer to the
-    target's, which NCC's invariance to linear maps alone cannot give).
-    ``edge_map`` replaces the condition (default: the source's Canny edge map,
+    ``settings`` (``config.HarmonizationSettings``; keyword ``overrides`` replace single fields) say
+    how: with ``start_time`` > 0 the flow starts from the noised ``start_from`` image (the source
+    matched to the target histogram, or the source); ``samples`` > 1 averages that many draws
+    (seeds ``seed``, ``seed + 1``, ...), an estimate of the posterior mean given the edge map;
+    the refinement then climbs the similarity with ``refine_reference`` (the source, the paper's
+    choice, or its histogram-matched version: the same structure in intensities closer to the
+    target's). ``edge_map`` replaces the condition (default: the source's Canny edge map,
     section 3.2), e.g. by random edges for Table S3's unconditional variant.
+
+    Returns the edge map, the edge-to-image output (``generated``), the refined image
+    (``harmonized``) and the refinement's similarity history.
     """
-    if refine_reference not in ("source", "histmatch"):
-        raise ValueError(f"unknown refinement reference {refine_reference!r}; choose source or histmatch")
+    s = replace(settings, **overrides)
+    if s.refine_reference not in ("source", "histmatch"):
+        raise ValueError(f"unknown refinement reference {s.refine_reference!r}; choose source or histmatch")
     if edge_map is None:
         edge_map, _ = canny_edges(source)
     matched = histogram_matching(source, mask, model.target_quantiles)
     start_image = None
-    if start_time > 0:
-        start_image = matched if start_from == "histmatch" else source
-    draws = [generate(model, edge_map, steps=steps, method=method, start_time=start_time, start_image=start_image,
-                      seed=seed + k) for k in range(samples)]
-    generated = draws[0] if samples == 1 else np.mean(draws, axis=0, dtype=np.float32)
+    if s.start_time > 0:
+        start_image = matched if s.start_from == "histmatch" else source
+    draws = [generate(model, edge_map, steps=s.steps, solver=s.solver, start_time=s.start_time,
+                      start_image=start_image, seed=s.seed + k) for k in range(s.samples)]
+    generated = draws[0] if s.samples == 1 else np.mean(draws, axis=0, dtype=np.float32)
     generated[mask == 0] = 0
-    reference = matched if refine_reference == "histmatch" else source
-    harmonized, history = refine(generated, reference, mask, refinement, refine_step, refine_iterations,
-                                 refine_region)
+    reference = matched if s.refine_reference == "histmatch" else source
+    harmonized, history = refine(generated, reference, mask, s.refinement, s.refine_step, s.refine_iterations,
+                                 s.refine_region, s.refine_step_rule)
     harmonized[mask == 0] = 0
     return {"edge_map": edge_map, "generated": generated, "harmonized": harmonized, "refinement_history": history}

@@ -15,9 +15,10 @@ import numpy as np
 from scipy import ndimage
 
 from .baselines import histogram_matching
+from .config import T1W, HarmonizationSettings
 from .edges import canny_edges
 from .harmonize import HarmonizationModel, generate, harmonize
-from .metrics import lesion_contrast, psnr, ssim
+from .metrics import fidelity, lesion_contrast
 from .simulation import PROTOCOLS, TARGET_PROTOCOL, Anatomy, make_anatomy, render_on_grid
 from .templates import Grid, harmonization_grid
 
@@ -75,7 +76,8 @@ def traveling_subjects(seeds=VALIDATION_SEEDS, sources=VALIDATION_SOURCES, lesio
 
 
 def score(image: np.ndarray, subject: TravelingSubject) -> tuple[float, float]:
-    return psnr(image, subject.target, subject.mask), ssim(image, subject.target, subject.mask)
+    """PSNR and SSIM against the target render, each normalized 1-99 % in the brain (``metrics.fidelity``)."""
+    return fidelity(image, subject.target, subject.mask)
 
 
 def score_with_lesion(image: np.ndarray, subject: TravelingSubject) -> tuple[float, float, float]:
@@ -92,11 +94,12 @@ def reconstruction_score(model: HarmonizationModel, subject: TravelingSubject) -
     return score_with_lesion(image, subject)
 
 
-def validate(model: HarmonizationModel, subjects: list[TravelingSubject], **settings) -> list[dict]:
+def validate(model: HarmonizationModel, subjects: list[TravelingSubject],
+             settings: HarmonizationSettings = T1W) -> list[dict]:
     """One row per subject and protocol: PSNR/SSIM of the source, histogram matching and bhd."""
     rows = []
     for subj in subjects:
-        result = harmonize(model, subj.source, subj.mask, **settings)
+        result = harmonize(model, subj.source, subj.mask, settings)
         hm = histogram_matching(subj.source, subj.mask, model.target_quantiles)
         row = {"seed": subj.seed, "protocol": subj.protocol}
         for name, image in (("source", subj.source), ("histmatch", hm), ("generated", result["generated"]),

@@ -71,6 +71,7 @@ def run_harmonization(preproc_file: str, mask_file: str, settings: dict, device:
     import torch
 
     from bhd_app.baselines import SSIMH_CUTOFF, histogram_matching, spectrum_swapping
+    from bhd_app.config import HarmonizationSettings
     from bhd_app.edges import canny_edges
     from bhd_app.harmonize import harmonize, load_model, select_device
     from bhd_app.workflows import save_nifti
@@ -83,12 +84,8 @@ def run_harmonization(preproc_file: str, mask_file: str, settings: dict, device:
     start = time.monotonic()
     method = settings["method"]
     model = load_model(settings.get("model"), select_device(device)) if method != "none" else None
-    kwargs = {k: settings[k] for k in ("steps", "method_ode", "start_time", "start_from", "refinement",
-                                       "refine_step", "refine_iterations", "refine_region", "refine_reference",
-                                       "seed", "samples")}
-    kwargs["method"] = kwargs.pop("method_ode")
     if method == "bhd":
-        result = harmonize(model, source, mask, **kwargs)
+        result = harmonize(model, source, mask, HarmonizationSettings.from_dict(settings))
     else:
         edge_map, _ = canny_edges(source)
         if method == "histmatch":

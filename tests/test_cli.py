@@ -10,7 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bhd_app.cli.parser import DEFAULTS_CONTRAST_CONVERSION, DEFAULTS_T1W, build_parser
+from bhd_app import config
+from bhd_app.cli.parser import build_parser
 from bhd_app.cli.run import harmonization_settings, main
 from bhd_app.harmonize import default_model_path
 
@@ -26,23 +27,40 @@ def test_each_contrast_gets_its_own_defaults_and_options_override_them(tmp_path)
     common = [str(tmp_path), str(tmp_path / "out"), "participant"]
     args = build_parser().parse_args(common)
     t1w, t2w = harmonization_settings(args, "T1w"), harmonization_settings(args, "T2w")
-    assert {k: t1w[k] for k in DEFAULTS_T1W} == DEFAULTS_T1W
-    assert {k: t2w[k] for k in DEFAULTS_CONTRAST_CONVERSION} == DEFAULTS_CONTRAST_CONVERSION
-    assert t2w["start_time"] == 0.0 and t2w["refinement"] == "none" and t2w["samples"] > t1w["samples"]
-    args = build_parser().parse_args([*common, "--samples", "2", "--start-time", "0.5"])
+    assert t1w == config.T1W and t2w == config.CONTRAST_CONVERSION
+    assert t2w.start_time == 0.0 and t2w.refinement == "none" and t2w.samples > t1w.samples
+    args = build_parser().parse_args([*common, "--samples", "2", "--start-time", "0.5", "--solver", "euler"])
     for suffix in ("T1w", "T2w"):
-        assert harmonization_settings(args, suffix)["samples"] == 2
-        assert harmonization_settings(args, suffix)["start_time"] == 0.5
+        assert harmonization_settings(args, suffix).samples == 2
+        assert harmonization_settings(args, suffix).start_time == 0.5
+        assert harmonization_settings(args, suffix).solver == "euler"
+
+
+def test_each_default_is_defined_once_in_the_settings_layer(tmp_path):
+    """The parser's defaults are the T1w preset's, None exactly for the contrast-dependent fields; the
+    library's harmonize() and the validator take the same preset."""
+    import inspect
+
+    from bhd_app.harmonize import harmonize
+    from bhd_app.validation import validate
+
+    parser = build_parser()
+    for name, value in config.T1W.to_dict().items():
+        expected = None if name in config.CONTRAST_DEPENDENT else value
+        assert parser.get_default(name) == expected, name
+    assert set(config.CONTRAST_DEPENDENT) == {"start_time", "samples", "refinement", "refine_reference"}
+    assert inspect.signature(harmonize).parameters["settings"].default is config.T1W
+    assert inspect.signature(validate).parameters["settings"].default is config.T1W
 
 
 def test_the_model_card_states_the_participant_level_defaults(tmp_path):
     """The shipped model card repeats the defaults it was chosen with (issue 9); they must be the parser's."""
     card = json.loads(default_model_path().with_suffix(".json").read_text())
     args = build_parser().parse_args([str(tmp_path), str(tmp_path / "out"), "participant"])
+    assert card["defaults"] == config.card_defaults()
     for suffix in ("T1w", "T2w"):
-        stated = card["defaults"][suffix]
-        used = harmonization_settings(args, suffix)
-        assert {key: used.get(key, getattr(args, key, None)) for key in stated} == stated, suffix
+        used = harmonization_settings(args, suffix).to_dict()
+        assert {key: used[key] for key in card["defaults"][suffix]} == card["defaults"][suffix], suffix
 
 
 def test_help_states_the_contrast_dependent_defaults_without_none(capsys):
@@ -50,7 +68,7 @@ def test_help_states_the_contrast_dependent_defaults_without_none(capsys):
         build_parser().parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "default: None" not in text
-    assert f"default {DEFAULTS_T1W['start_time']} for T1w" in text and "(default: 0.005)" in text
+    assert f"default {config.T1W.start_time} for T1w" in text and "(default: 0.005)" in text
 
 
 def test_not_a_bids_folder_is_one_line_error(tmp_path, capsys):
@@ -113,8 +131,9 @@ def test_participant_level_end_to_end(participant_run):
     assert native.shape == source.shape and np.allclose(native.affine, source.affine, atol=1e-4)
     side = json.loads((anat / f"{stem}_{grid}_desc-harmonized_T1w.json").read_text())
     assert side["SkullStripped"] is True and len(side["Harmonization"]["ModelSHA256"]) == 64
-    assert side["Harmonization"]["start_time"] == DEFAULTS_T1W["start_time"]
-    assert side["Harmonization"]["samples"] == DEFAULTS_T1W["samples"]
+    assert side["Harmonization"]["start_time"] == config.T1W.start_time
+    assert side["Harmonization"]["samples"] == config.T1W.samples
+    assert side["Harmonization"]["solver"] == config.T1W.solver and "method_ode" not in side["Harmonization"]
     assert (anat / f"{stem}_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.mat").exists()
     report = (out / f"{stem}_T1w.html").read_text()
     assert report.count("data:image/png;base64,") >= 5 and "http" not in report.replace("http-equiv", "")

@@ -203,7 +203,7 @@ def test_refinement_towards_the_histogram_matched_source(small_subject):
     expected, _ = refine(out["generated"], histogram_matching(source, mask, quantiles), mask, "ncc", 0.02)
     expected[mask == 0] = 0
     np.testing.assert_allclose(out["harmonized"], expected, atol=1e-6)
-    towards_source = harmonize(model, source, mask, steps=2, refine_step=0.02)
+    towards_source = harmonize(model, source, mask, steps=2, refine_step=0.02, refine_reference="source")
     np.testing.assert_array_equal(towards_source["generated"], out["generated"])
     assert np.abs(towards_source["harmonized"] - out["harmonized"]).max() > 1e-3
     with pytest.raises(ValueError, match="reference"):
@@ -215,12 +215,12 @@ def test_a_given_edge_map_replaces_the_source_edges(small_subject):
     model = in_memory(random_net(7))
     edges = np.zeros(source.shape, np.uint8)
     edges[8:24, 8:24, 16] = 1
-    out = harmonize(model, source, mask, steps=2, refinement="none", edge_map=edges)
+    out = harmonize(model, source, mask, steps=2, start_time=0.0, refinement="none", edge_map=edges)
     assert out["edge_map"] is edges
     expected = generate(model, edges, steps=2, seed=0)
     expected[mask == 0] = 0
     np.testing.assert_array_equal(out["generated"], expected)
-    own = harmonize(model, source, mask, steps=2, refinement="none")
+    own = harmonize(model, source, mask, steps=2, start_time=0.0, refinement="none")
     assert np.abs(own["generated"] - out["generated"]).max() > 0.01
 
 

@@ -288,7 +288,7 @@ def test_validator_logs_the_fixed_settings_and_the_participant_defaults(target, 
     import json
 
     from bhd_app.baselines import target_quantiles
-    from bhd_app.cli.parser import DEFAULTS_T1W, harmonize_defaults
+    from bhd_app.config import T1W
     from bhd_app.cli.train import Validator
     from bhd_app.validation import TravelingSubject
 
@@ -299,7 +299,7 @@ def test_validator_logs_the_fixed_settings_and_the_participant_defaults(target, 
     Validator(tmp_path, target_quantiles([reference], [mask]), 0.0, subjects)(trainer)
     with open(tmp_path / "validation.tsv") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
-    assert [json.loads(r["settings"]) for r in rows] == [Validator.FIXED_SETTINGS, harmonize_defaults()]
-    assert json.loads(rows[1]["settings"])["start_time"] == DEFAULTS_T1W["start_time"]
+    assert [json.loads(r["settings"]) for r in rows] == [Validator.FIXED_SETTINGS.to_dict(), T1W.to_dict()]
+    assert json.loads(rows[1]["settings"])["start_time"] == T1W.start_time
     assert all(r["step"] == "1" and np.isfinite(float(r["bhd_psnr"])) for r in rows)
     assert rows[0]["bhd_psnr"] != rows[1]["bhd_psnr"]

@@ -7,20 +7,7 @@ import os
 from pathlib import Path
 
 from .. import __version__
-
-# Chosen on the validation subjects (benchmarks/sampling_sweep.py for T1w, benchmarks/conversion_sweep.py for
-# T2w: 4 averaged draws gain 1.0-1.5 dB on every simulated and real subject; BENCHMARKS.md).
-DEFAULTS_T1W = {"start_time": 0.9, "samples": 1, "refinement": "ncc", "refine_reference": "histmatch"}
-DEFAULTS_CONTRAST_CONVERSION = {"start_time": 0.0, "samples": 4, "refinement": "none", "refine_reference": "source"}
-
-
-def harmonize_defaults(suffix: str = "T1w") -> dict:
-    """The participant level's defaults for a T1w input (or a T2w one: contrast conversion), as ``harmonize``
-    keywords."""
-    parser = build_parser()
-    defaults = DEFAULTS_T1W if suffix == "T1w" else DEFAULTS_CONTRAST_CONVERSION
-    return {"steps": parser.get_default("steps"), "refine_step": parser.get_default("refine_step"), **defaults}
-
+from ..config import CONTRAST_CONVERSION, METHODS, REFINEMENTS, SOLVERS, STEP_RULES, T1W
 
 class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows an option's default, except None: those options say in their help what they do when not given."""
@@ -82,37 +69,39 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--skip-bids-validation", action="store_true", help="do not validate the input dataset")
 
     g = p.add_argument_group("harmonization")
-    g.add_argument("--method", choices=("bhd", "histmatch", "ssimh", "none"), default="bhd",
+    g.add_argument("--method", choices=METHODS, default=T1W.method,
                    help="bhd (BlindHarmonyDiff), histmatch (histogram matching to the target domain), "
                         "ssimh (low-frequency 3D DCT swap with the target-domain average), "
                         "none (preprocessing only)")
     g.add_argument("--model", type=lambda v: Path(v).expanduser().absolute(),  # a missing file: one-line error
                    help="model file (.pt with its .json card); default: shipped")
-    g.add_argument("--steps", type=_positive_int, default=2, help="ODE solver steps")
-    g.add_argument("--solver", default="midpoint", choices=("euler", "midpoint", "rk4", "dopri5"),
-                   help="torchdiffeq method (paper: midpoint)")
+    g.add_argument("--steps", type=_positive_int, default=T1W.steps, help="ODE solver steps")
+    g.add_argument("--solver", default=T1W.solver, choices=SOLVERS, help="torchdiffeq method (paper: midpoint)")
     g.add_argument("--start-time", type=_unit_interval,
                    help="flow start t0: 0 is pure noise (paper); t0>0 starts from the noised, histogram-matched "
-                        f"source (default {DEFAULTS_T1W['start_time']} for T1w, 0 for T2w)")
-    g.add_argument("--start-from", choices=("histmatch", "source"), default="histmatch",
+                        f"source (default {T1W.start_time} for T1w, {CONTRAST_CONVERSION.start_time} for T2w)")
+    g.add_argument("--start-from", choices=("histmatch", "source"), default=T1W.start_from,
                    help="the image mixed into the start when --start-time > 0")
     g.add_argument("--samples", type=_positive_int,
                    help="edge-to-image draws averaged before the refinement (closer to the target on average, "
-                        f"N times the sampling time; default {DEFAULTS_T1W['samples']} for T1w, "
-                        f"{DEFAULTS_CONTRAST_CONVERSION['samples']} for T2w)")
-    g.add_argument("--refinement", choices=("ncc", "mi", "none"),
-                   help="refinement objective (default: ncc for T1w, none for contrast conversion)")
-    g.add_argument("--refine-step", type=float, default=0.005,
-                   help="refinement step: the RMS intensity change per iteration, never past the NCC maximum (a "
-                        "linear map of the reference), so larger steps move the result further towards it (paper: "
-                        "0.02; the public research code and bhd's default: 0.005, chosen on the validation "
-                        "subjects, BENCHMARKS.md)")
-    g.add_argument("--refine-iterations", type=int, default=6, help="refinement iterations (paper: 6)")
-    g.add_argument("--refine-region", choices=("brain", "volume"), default="brain")
+                        f"N times the sampling time; default {T1W.samples} for T1w, "
+                        f"{CONTRAST_CONVERSION.samples} for T2w)")
+    g.add_argument("--refinement", choices=REFINEMENTS,
+                   help=f"refinement objective (default: {T1W.refinement} for T1w, "
+                        f"{CONTRAST_CONVERSION.refinement} for contrast conversion)")
+    g.add_argument("--refine-step", type=float, default=T1W.refine_step,
+                   help="refinement step; its meaning is set by --refine-step-rule")
+    g.add_argument("--refine-step-rule", choices=STEP_RULES, default=T1W.refine_step_rule,
+                   help="rms: each iteration changes the brain by an RMS of --refine-step, never past the NCC "
+                        "maximum (a linear map of the reference); paper: x += step * N * gradient over the N brain "
+                        "voxels, the paper's gradient ascent (its step: 0.02)")
+    g.add_argument("--refine-iterations", type=int, default=T1W.refine_iterations,
+                   help="refinement iterations (paper: 6)")
+    g.add_argument("--refine-region", choices=("brain", "volume"), default=T1W.refine_region)
     g.add_argument("--refine-reference", choices=("source", "histmatch"),
                    help="the image the refinement correlates with: the source (paper) or the source matched to "
-                        f"the target histogram (default {DEFAULTS_T1W['refine_reference']} for T1w, "
-                        f"{DEFAULTS_CONTRAST_CONVERSION['refine_reference']} for T2w)")
+                        f"the target histogram (default {T1W.refine_reference} for T1w, "
+                        f"{CONTRAST_CONVERSION.refine_reference} for T2w)")
     g.add_argument("--brain-extraction", choices=("auto", "deepbet", "template", "nonzero"), default="auto",
                    help="auto: the non-zero voxels of skull-stripped inputs, deepbet for T1w heads, "
                         "template-based otherwise; nonzero: the input is already skull-stripped")
@@ -124,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="jobs run in parallel")
     g.add_argument("--omp-nthreads", type=_positive_int, help="threads per job (default: nprocs / jobs, >= 1)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when present")
-    g.add_argument("--seed", type=int, default=0, help="random seed (noise, registration)")
+    g.add_argument("--seed", type=int, default=T1W.seed, help="random seed (noise, registration)")
     g.add_argument("--plugin", default=None, help="nipype plugin: Linear, MultiProc, SLURM, SGE, PBS, ...")
     g.add_argument("--plugin-args", default=None,
                    help="JSON object of nipype plugin arguments, e.g. '{\"sbatch_args\": \"-p short\"}'")

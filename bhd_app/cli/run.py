@@ -11,36 +11,27 @@ import tempfile
 import time
 import warnings
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from .. import __version__
 from ..errors import BHDInputError
-from .parser import DEFAULTS_CONTRAST_CONVERSION, DEFAULTS_T1W, build_parser
+from ..config import HarmonizationSettings, preset
+from .parser import build_parser
 
 LOGGER = logging.getLogger("bhd")
 EXIT_INPUT_ERROR = 2
 EXIT_JOBS_FAILED = 1
 
 
-def harmonization_settings(args, suffix: str) -> dict:
-    """The settings of one job: the user's options, with contrast-dependent defaults (section 4.8)."""
-    defaults = DEFAULTS_T1W if suffix == "T1w" else DEFAULTS_CONTRAST_CONVERSION
-    return {
-        "method": args.method,
-        "model": str(args.model) if args.model else None,
-        "steps": args.steps,
-        "method_ode": args.solver,
-        "start_time": defaults["start_time"] if args.start_time is None else args.start_time,
-        "start_from": args.start_from,
-        "samples": defaults["samples"] if args.samples is None else args.samples,
-        "refinement": defaults["refinement"] if args.refinement is None else args.refinement,
-        "refine_step": args.refine_step,
-        "refine_iterations": args.refine_iterations,
-        "refine_region": args.refine_region,
-        "refine_reference": defaults["refine_reference"] if args.refine_reference is None else args.refine_reference,
-        "brain_extraction": args.brain_extraction,
-        "seed": args.seed,
-    }
+def harmonization_settings(args, suffix: str) -> HarmonizationSettings:
+    """One job's settings: its contrast's preset (``config.preset``), with every option the user gave."""
+    given = {k: getattr(args, k) for k in HarmonizationSettings.__dataclass_fields__ if getattr(args, k) is not None}
+    return replace(preset(suffix), **given)
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 def check_inputs(jobs, crash_dir: Path) -> tuple[list, list[tuple[object, str]]]:
@@ -123,7 +114,8 @@ def run_participant(args) -> int:
         nprocs = min(args.nprocs, len(todo))
         omp = args.omp_nthreads or max(args.nprocs // nprocs, 1)
         # The model's sha256 is part of the settings so that nipype's cache redoes harmonization for a new model.
-        settings = {suffix: {**harmonization_settings(args, suffix), "model_sha256": model_sha256}
+        settings = {suffix: {**harmonization_settings(args, suffix).to_dict(), "model": _str(args.model),
+                             "model_sha256": model_sha256, "brain_extraction": args.brain_extraction}
                     for suffix in args.contrasts}
         wf = init_participant_wf(todo, args.output_dir, args.bids_dir, work_dir, settings, args.device, omp)
         wf.config["execution"].update({"crashdump_dir": str(crash_dir), "crashfile_format": "txt",

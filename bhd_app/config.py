@@ -1,0 +1,73 @@
+"""Every default of bhd, defined once: harmonization presets and the training recipe.
+
+The command lines fill these dataclasses (``bhd-app`` options carry the field names:
+``--start-time`` is ``start_time``), the model card's ``defaults`` block is written from them,
+and sidecars record them under the same names. Nothing here imports torch or BIDS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+METHODS = ("bhd", "histmatch", "ssimh", "none")
+SOLVERS = ("euler", "midpoint", "rk4", "dopri5")
+REFINEMENTS = ("ncc", "mi", "none")
+STEP_RULES = ("rms", "paper")
+
+
+@dataclass(frozen=True)
+class HarmonizationSettings:
+    """How one preprocessed image is harmonized (eq. 4-5, section 3.5).
+
+    ``start_time`` 0 draws the image from the edge map alone (the paper); t0 > 0 starts from
+    the noised ``start_from`` image. ``samples`` edge-to-image draws are averaged before the
+    refinement, which climbs the NCC (or MI) with ``refine_reference``; ``refine_step_rule``
+    says what ``refine_step`` means (``refinement.refine``).
+    """
+
+    method: str = "bhd"
+    steps: int = 2
+    solver: str = "midpoint"
+    start_time: float = 0.9
+    start_from: str = "histmatch"
+    samples: int = 1
+    refinement: str = "ncc"
+    refine_step: float = 0.005
+    refine_step_rule: str = "rms"
+    refine_iterations: int = 6
+    refine_region: str = "brain"
+    refine_reference: str = "histmatch"
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HarmonizationSettings":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# T1w inputs: harmonization. T2w inputs: contrast conversion to the T1w target (section 4.8): from
+# noise, no refinement (T1w and T2w correlate too little), 4 averaged draws.
+T1W = HarmonizationSettings()
+CONTRAST_CONVERSION = replace(T1W, start_time=0.0, samples=4, refinement="none", refine_reference="source")
+PRESETS = {"T1w": T1W, "T2w": CONTRAST_CONVERSION}
+# The fields whose default depends on the input's contrast.
+CONTRAST_DEPENDENT = tuple(f.name for f in fields(HarmonizationSettings)
+                           if getattr(T1W, f.name) != getattr(CONTRAST_CONVERSION, f.name))
+# Why the presets are what they are, for the model card.
+PRESETS_WHY = ("T1w: chosen on the validation traveling subjects with benchmarks/sampling_sweep.py (BENCHMARKS.md); "
+               "T2w: from noise, no refinement, 4 averaged draws (benchmarks/conversion_sweep.py)")
+
+
+def preset(suffix: str) -> HarmonizationSettings:
+    """The participant level's defaults for an input of this suffix (T1w, or T2w for contrast conversion)."""
+    return PRESETS[suffix]
+
+
+def card_defaults() -> dict:
+    """The model card's ``defaults`` block: every preset in full, and why."""
+    drop = ("method", "seed")
+    return {**{s: {k: v for k, v in p.to_dict().items() if k not in drop} for s, p in PRESETS.items()},
+            "why": PRESETS_WHY}
