@@ -191,11 +191,13 @@ class Trainer:
     those files and calls ``on_checkpoint``; every rank resumes from ``run_dir``, which
     must therefore be on a shared file system across nodes. ``compile`` runs the loss through
     ``torch.compile(net)``; checkpoints and the EMA keep the plain network's weights.
+    ``mixed_precision`` runs the loss in bfloat16 autocast on CUDA (ignored on the CPU).
     """
 
     def __init__(self, config: TrainConfig, sampler: PatchSampler, run_dir: Path, device: torch.device,
-                 dist: Distributed = Distributed(), compile: bool = False):
+                 dist: Distributed = Distributed(), compile: bool = False, mixed_precision: bool = False):
         self.config = config
+        self.mixed_precision = mixed_precision and device.type == "cuda"  # bfloat16 autocast, fp32 weights
         self.sampler = sampler
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -260,6 +262,12 @@ class Trainer:
         self.sampler.rng = np.random.default_rng([self.config.seed, self.step])
         self.generator.manual_seed(self.config.seed + self.step)
 
+    def start_from_weights(self, state: dict) -> None:
+        """Fine-tune: network and EMA start from ``state`` (a model's weights), fresh optimizer, short warm-up."""
+        self.net.load_state_dict(state)
+        self.ema.load_state_dict(state)
+        self.warmup_until = self.step + 200
+
     def save_checkpoint(self) -> None:
         _atomic_save({
             "config": self.config.to_dict(), "model": self.net.state_dict(), "ema": self.ema.state_dict(),
@@ -316,8 +324,9 @@ class Trainer:
                 self.warmup_until = 0
             x0, t = training_noise((self.config.batch_size, *x1.shape[1:]), self.config.late_time_fraction,
                                    self.generator, self.device, x1.dtype)
-            loss = rectified_flow_loss(self.model, x1, cond, self.config.parameterization,
-                                       noise=(x0[self.part], t[self.part]))
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.mixed_precision):
+                loss = rectified_flow_loss(self.model, x1, cond, self.config.parameterization,
+                                           noise=(x0[self.part], t[self.part]))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()  # DistributedDataParallel averages the gradients over the ranks here
             self.optimizer.step()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,15 +24,12 @@ import torch
 
 from .. import __version__
 from ..baselines import target_quantiles, target_spectrum
-from ..edges import canny_edges
 from ..errors import BHDInputError
-from ..harmonize import HarmonizationModel, save_model, select_device
+from ..harmonize import HarmonizationModel, load_model, save_model, select_device
 from ..model import UNetConfig
+from ..target_data import bids_target_data, load_cache, save_cache, synthetic_target_data
 from ..training import Distributed, PatchSampler, TrainConfig, Trainer
-from .parser import harmonize_defaults
-
-SYNTHETIC_SEED0 = 1000
-
+from ..config import T1W, HarmonizationSettings, card_defaults
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bhd-train", description=__doc__,
@@ -62,79 +58,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compact-state", type=Path,
                    help="small resume file (weights, EMA, step; no optimizer) kept between sessions: training "
                         "starts from it when RUN_DIR has no checkpoint, and it is rewritten at the end")
+    p.add_argument("--init-from", type=Path, metavar="MODEL",
+                   help="start a new run from the weights of a trained model (e.g. the shipped one) and fine-tune "
+                        "it on this target domain; --width must match the model's")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the network for training (slightly faster steps after minutes of compiling)")
+    p.add_argument("--nprocs", type=int, default=1, help="--bids-dir: images preprocessed in parallel")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="preprocess (or render) the target data into RUN_DIR/data.npz and stop")
+    p.add_argument("--mixed-precision", action="store_true", help="bfloat16 autocast on CUDA (faster on a GPU)")
     p.add_argument("--seed", type=int, default=0)
     return p
 
 
-def synthetic_target_subject(k: int, lesions: int):
-    """Synthetic training subject ``k`` rendered by the target protocol: (image, brain mask, edge map, anatomy)."""
-    from ..simulation import PROTOCOLS, TARGET_PROTOCOL, make_anatomy, render_on_grid
-
-    seed = SYNTHETIC_SEED0 + k
-    anatomy = make_anatomy(seed, lesions=lesions)
-    image, mask = render_on_grid(anatomy, PROTOCOLS[TARGET_PROTOCOL], seed)
-    return image, mask, canny_edges(image)[0], anatomy
-
-
-def synthetic_target_data(n: int, lesion_every: int) -> tuple[list, list, list, dict]:
-    from ..simulation import TARGET_PROTOCOL
-
-    images, masks, edges = [], [], []
-    for k in range(n):
-        lesions = 3 if lesion_every and k % lesion_every == lesion_every - 1 else 0
-        image, mask, edge_map, _ = synthetic_target_subject(k, lesions)
-        images.append(image)
-        masks.append(mask)
-        edges.append(edge_map)
-        print(f"rendered synthetic subject {k + 1}/{n}", file=sys.stderr)
-    desc = {"source": "synthetic", "protocol": TARGET_PROTOCOL, "subjects": n,
-            "seeds": [SYNTHETIC_SEED0, SYNTHETIC_SEED0 + n - 1],
-            "description": "physics-rendered MNI152 2009a anatomy (bhd_app.simulation), target protocol "
-                           "modelled on a Siemens TIM Trio 3T MPRAGE (paper Table S1)"}
-    return images, masks, edges, desc
-
-
-def bids_target_data(bids_dir: Path, labels, work_dir: Path) -> tuple[list, list, list, dict]:
-    from ..bids import collect_jobs, load_layout
-    from ..preprocessing import preprocess
-
-    jobs = collect_jobs(load_layout(bids_dir), participant_labels=labels)
-    images, masks, edges = [], [], []
-    for job in jobs:
-        pre = preprocess(job.path, work_dir / job.name)
-        images.append(pre.image)
-        masks.append(pre.brain_mask)
-        edges.append(canny_edges(pre.image)[0])
-    desc = {"source": "bids", "dataset": str(bids_dir), "images": [str(j.path) for j in jobs]}
-    return images, masks, edges, desc
-
-
 def load_or_make_data(args) -> tuple[list, list, list, dict]:
-    """Target-domain data, cached in the run dir so that resuming skips rendering/preprocessing."""
+    """Target-domain data, cached in the run dir (``target_data.save_cache``) so that resuming skips
+    rendering and preprocessing, and a run prepared on one machine can train on another."""
     cache = args.run_dir / "data.npz"
     if cache.exists():
-        blob = np.load(cache, allow_pickle=False)
-        n = int(blob["n"])
-        desc = json.loads(str(blob["desc"]))
-        return ([blob[f"image{k}"] for k in range(n)], [blob[f"mask{k}"] for k in range(n)],
-                [blob[f"edge{k}"] for k in range(n)], desc)
+        return load_cache(cache)
     if args.synthetic:
         data = synthetic_target_data(args.synthetic, args.lesion_every)
     else:
-        data = bids_target_data(args.bids_dir, args.participant_label, args.run_dir / "preproc")
-    images, masks, edges, desc = data
-    arrays = {"n": len(images), "desc": json.dumps(desc)}
-    for k in range(len(images)):
-        arrays.update({f"image{k}": images[k].astype(np.float32), f"mask{k}": masks[k], f"edge{k}": edges[k]})
-    tmp = cache.with_name(cache.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, cache)  # other ranks wait for this file
-    return data
+        data = bids_target_data(args.bids_dir, args.participant_label, args.run_dir / "preproc",
+                                getattr(args, "nprocs", 1))
+    save_cache(cache, *data)  # other ranks wait for this file
+    return load_cache(cache)  # the 8-bit images that resuming will see
+
+
+def load_weights(path: Path, unet: UNetConfig) -> dict:
+    """The network weights of a model file (its sha256 checked against its card), as float32 tensors."""
+    model = load_model(path, "cpu")
+    if model.net.config != unet:
+        raise BHDInputError(f"{path}: --init-from needs a network like this run's; the model has width "
+                            f"{model.net.config.base_width}: pass --width {model.net.config.base_width}")
+    return {k: v.float().contiguous() for k, v in model.net.state_dict().items()}
 
 
 def wait_for(path: Path, poll_s: float = 2.0) -> None:
@@ -158,6 +118,8 @@ def main(argv=None) -> int:
         return 2
     if dist.active:
         device = dist.start(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed patch shapes: let cuDNN pick its fastest 3D convolutions
     try:
         return train(args, dist, device)
     finally:
@@ -175,13 +137,17 @@ def train(args: argparse.Namespace, dist: Distributed, device: torch.device) -> 
     except BHDInputError as err:
         print(f"bhd-train: error: {err}", file=sys.stderr)
         return 2
+    if args.prepare_only:
+        print(f"prepared {len(images)} target-domain images in {args.run_dir / 'data.npz'}")
+        return 0
     config = TrainConfig(patch_size=args.patch_size, batch_size=args.batch_size, learning_rate=args.lr,
                          steps=args.steps, multi_stride_fraction=args.multi_stride_fraction,
                          parameterization=args.parameterization, late_time_fraction=args.late_time_fraction,
                          seed=args.seed,
                          checkpoint_every_s=args.checkpoint_minutes * 60, unet=UNetConfig(base_width=args.width))
     sampler = PatchSampler(images, edges, config.patch_size, config.multi_stride_fraction, seed=args.seed)
-    trainer = Trainer(config, sampler, args.run_dir, device, dist, compile=args.compile)
+    trainer = Trainer(config, sampler, args.run_dir, device, dist, compile=args.compile,
+                      mixed_precision=args.mixed_precision)
     if trainer.step == 0 and args.compact_state and args.compact_state.exists():
         ema = None
         if args.export and args.export.exists():  # the exported model holds the EMA weights
@@ -189,6 +155,14 @@ def train(args: argparse.Namespace, dist: Distributed, device: torch.device) -> 
         trainer.load_compact_state(args.compact_state, ema)
         if dist.is_main:
             print(f"starting from {args.compact_state} at step {trainer.step}", file=sys.stderr)
+    elif trainer.step == 0 and args.init_from:
+        try:
+            trainer.start_from_weights(load_weights(args.init_from, config.unet))
+        except BHDInputError as err:
+            print(f"bhd-train: error: {err}", file=sys.stderr)
+            return 2
+        if dist.is_main:
+            print(f"fine-tuning from {args.init_from}", file=sys.stderr)
     quantiles = target_quantiles(images, masks)
     validator = None
     if args.validate_minutes and dist.is_main:
@@ -203,14 +177,14 @@ def train(args: argparse.Namespace, dist: Distributed, device: torch.device) -> 
         card = {"bhd_version": __version__, "training": recipe, "training_data": data_desc,
                 "steps": trainer.step, "wall_time_s": round(trainer.wall, 1),
                 "final_loss": _recent_loss(args.run_dir / "loss.tsv")}
-        card = {**_curated_card_fields(args.export), **card}
+        card = {**_curated_card_fields(args.export), **card, "defaults": card_defaults()}
         card = save_model(args.export, trainer.ema, config.parameterization, quantiles, card,
                           target_spectrum(images))
         print(f"exported {args.export} (sha256 {card['sha256'][:12]}...)")
     return 0
 
 
-CURATED_CARD_FIELDS = ("target_domain", "width_choice", "defaults", "validation", "status", "reproduce")
+CURATED_CARD_FIELDS = ("target_domain", "width_choice", "validation", "status", "reproduce")
 
 
 def _curated_card_fields(model_path: Path) -> dict:
@@ -238,7 +212,8 @@ class Validator:
     the whole campaign) and the participant level's current T1w defaults.
     """
 
-    FIXED_SETTINGS = {"start_time": 0.5, "steps": 2, "refinement": "ncc"}
+    FIXED_SETTINGS = HarmonizationSettings(start_time=0.5, steps=2, refinement="ncc", refine_step=0.02,
+                                           refine_reference="source")
 
     def __init__(self, run_dir: Path, quantiles: np.ndarray, every_s: float, subjects: list | None = None):
         from ..validation import traveling_subjects
@@ -248,7 +223,7 @@ class Validator:
         self.every_s = every_s
         self.last = -float("inf")
         self.subjects = traveling_subjects() if subjects is None else subjects
-        self.settings = [self.FIXED_SETTINGS, harmonize_defaults()]
+        self.settings = [self.FIXED_SETTINGS, T1W]
 
     def __call__(self, trainer: Trainer) -> None:
         from ..validation import validate
@@ -259,18 +234,18 @@ class Validator:
         model = HarmonizationModel(trainer.ema, trainer.config.parameterization, self.quantiles, {}, Path("ema"),
                                    "", trainer.device)
         for settings in self.settings:
-            rows = validate(model, self.subjects, **settings)
+            rows = validate(model, self.subjects, settings)
             new = not self.log.exists()
             with open(self.log, "a") as f:
                 if new:
                     f.write("\t".join(["step", "wall_s", "settings"] + list(rows[0])) + "\n")
                 for row in rows:
                     values = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()]
-                    f.write("\t".join([str(trainer.step), f"{trainer.wall:.0f}", json.dumps(settings)] + values)
+                    f.write("\t".join([str(trainer.step), f"{trainer.wall:.0f}", json.dumps(settings.to_dict())] + values)
                             + "\n")
             mean = {k: np.mean([r[k] for r in rows])
                     for k in ("histmatch_ssim", "bhd_ssim", "histmatch_psnr", "bhd_psnr")}
-            print(f"\nvalidation step {trainer.step} {json.dumps(settings)}: "
+            print(f"\nvalidation step {trainer.step} {json.dumps(settings.to_dict())}: "
                   + ", ".join(f"{k} {v:.3f}" for k, v in mean.items()), file=sys.stderr)
 
 
