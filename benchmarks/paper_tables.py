@@ -48,9 +48,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bids_examples"))
 import make_examples  # noqa: E402
 
-from bhd_app.baselines import histogram_matching, spectrum_swapping  # noqa: E402
+from bhd_app.baselines import histogram_matching, random_edges, spectrum_swapping  # noqa: E402
 from bhd_app.config import T1W  # noqa: E402
-from bhd_app.edges import canny_edges  # noqa: E402
 from bhd_app.harmonize import harmonize, load_model  # noqa: E402
 from bhd_app.metrics import fidelity, lesion_contrast  # noqa: E402
 from bhd_app.refinement import refine  # noqa: E402
@@ -118,18 +117,6 @@ def atropos_labels(image: np.ndarray, mask: np.ndarray, like: ants.ANTsImage) ->
 def dice(a: np.ndarray, b: np.ndarray, labels=(1, 2, 3)) -> float:
     return float(np.mean([2 * np.sum((a == k) & (b == k)) / max(np.sum(a == k) + np.sum(b == k), 1)
                           for k in labels]))
-
-
-def random_edges(source: np.ndarray, brain: np.ndarray, seed: int) -> np.ndarray:
-    """Table S3's unconditional condition: as many edge voxels as the source's edge map, at random in the brain.
-
-    As in the paper, the unconditional variant needs no separate model, only this random edge condition.
-    """
-    edge_map, _ = canny_edges(source)
-    edges = np.zeros_like(edge_map)
-    rng = np.random.default_rng(seed)
-    edges.flat[rng.choice(np.flatnonzero(brain), size=int(edge_map.sum()), replace=False)] = 1
-    return edges
 
 
 def main() -> None:

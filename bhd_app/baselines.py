@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.fft import dctn, idctn
 
+from .edges import canny_edges
+
 N_QUANTILES = 1001
 SPECTRUM_BLOCK = 16  # low-frequency DCT coefficients per axis stored with the model
 SSIMH_CUTOFF = 16  # coefficients per axis swapped by default (chosen on the validation subjects, BENCHMARKS.md)
@@ -53,3 +55,15 @@ def spectrum_swapping(image: np.ndarray, mask: np.ndarray, spectrum: np.ndarray,
     out = idctn(coeffs, norm="ortho").astype(np.float32)
     out[mask == 0] = 0
     return np.clip(out, 0.0, 1.0)
+
+
+def random_edges(source: np.ndarray, brain: np.ndarray, seed: int) -> np.ndarray:
+    """Table S3's unconditional condition: as many edge voxels as the source's edge map, at random in the brain.
+
+    As in the paper, the unconditional variant needs no separate model, only this random edge condition.
+    """
+    edge_map, _ = canny_edges(source)
+    edges = np.zeros_like(edge_map)
+    rng = np.random.default_rng(seed)
+    edges.flat[rng.choice(np.flatnonzero(brain), size=int(edge_map.sum()), replace=False)] = 1
+    return edges
