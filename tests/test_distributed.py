@@ -96,6 +96,7 @@ def assert_same_training(a: dict, b: dict) -> None:
             torch.testing.assert_close(b[key][name], a[key][name], rtol=1e-4, atol=1e-6, msg=f"{key} {name}")
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path, single_process):
     """``torchrun --nproc_per_node 2`` (gloo) and one process, global batch 4: the same weights, one set of files.
 

@@ -127,6 +127,9 @@ def run_participant(args) -> int:
             plugin_args.setdefault("raise_insufficient", False)
         LOGGER.info("%d job(s) to run with nipype %s (%d at a time, %d thread(s) each); work dir %s",
                     len(todo), plugin, nprocs, omp, work_dir)
+        # nipype's SLURM plugin names its jobs after $LOGNAME and fails with a KeyError where it is unset
+        # (containers, cron, CI; the user id need not have a name there).
+        os.environ.setdefault("LOGNAME", os.environ.get("USER") or str(os.getuid()))
         with temporary_dir_in(work_dir):
             try:
                 wf.run(plugin=plugin, plugin_args=plugin_args)
