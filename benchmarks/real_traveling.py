@@ -62,10 +62,11 @@ def controls(source: np.ndarray, mask: np.ndarray, suffix: str, quantiles: np.nd
 
 
 def model_outputs(model, name: str, source: np.ndarray, mask: np.ndarray, suffix: str, seed: int,
-                  with_random_edges: bool) -> dict:
+                  with_random_edges: bool, with_variants: bool = False) -> dict:
     """A model's harmonized image at the participant level's defaults; for T1w also the same draw refined with
     the paper's step rule (alpha 0.02, 6 iterations) towards the source and towards its histogram-matched
-    version, and (``with_random_edges``) the defaults with random edges."""
+    version, and (``with_random_edges``) the defaults with random edges; ``with_variants`` adds the frequency
+    split of the default draw and of a draw from pure noise, at 4 and 8 voxels."""
     settings = preset(suffix)
     result = harmonize(model, source, mask, settings, seed=seed)
     out = {name: result["harmonized"]}
@@ -74,6 +75,15 @@ def model_outputs(model, name: str, source: np.ndarray, mask: np.ndarray, suffix
         for reference, image in (("source", source), ("histmatch", matched)):
             out[f"{name}, paper step to {reference}"] = refine(result["generated"], image, mask, "ncc", 0.02, 6,
                                                                step_rule="paper")[0]
+        if with_variants:  # the frequency split (refinement "split") of the default draw and of a draw from noise
+            for sigma in (4.0, 8.0):
+                out[f"{name}, split {sigma:g}"] = refine(result["generated"], matched, mask, "split",
+                                                         split_sigma=sigma)[0]
+            from_noise = harmonize(model, source, mask, settings, seed=seed, start_time=0.0,
+                                   refinement="none")["generated"]
+            for sigma in (4.0, 8.0):
+                out[f"{name}, from noise + split {sigma:g}"] = refine(from_noise, matched, mask, "split",
+                                                                      split_sigma=sigma)[0]
     if with_random_edges and suffix == "T1w":
         out[f"random edges ({name})"] = harmonize(model, source, mask, settings, seed=seed,
                                                   edge_map=random_edges(source, mask, seed))["harmonized"]
@@ -85,6 +95,7 @@ def main(argv=None) -> int:
     p.add_argument("out_dir", type=Path)
     p.add_argument("--models", type=Path, nargs="+", required=True)
     p.add_argument("--random-edges", action="store_true", help="also each model with random edges (T1w)")
+    p.add_argument("--variants", action="store_true", help="also the frequency-split variants (T1w)")
     p.add_argument("--no-controls", action="store_true", help="score the models only")
     p.add_argument("--subjects", type=int, default=3, help="first N held-out subjects")
     p.add_argument("--sources", nargs="+", default=list(SOURCES), choices=list(SOURCES))
@@ -111,7 +122,8 @@ def main(argv=None) -> int:
             outs = {} if args.no_controls else controls(source, masks[k], scanner.suffix, quantiles, spectrum)
             for label, model in models.items():
                 t = time.perf_counter()
-                outs |= model_outputs(model, label, source, masks[k], scanner.suffix, k, args.random_edges)
+                outs |= model_outputs(model, label, source, masks[k], scanner.suffix, k, args.random_edges,
+                                      args.variants)
                 print(f"{subject} {name} {label}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
             rows = [r for r in rows if not (r["subject"] == subject and r["source"] == name and r["method"] in outs)]
             for method, image in outs.items():

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 METHODS = ("bhd", "histmatch", "ssimh", "none")
 SOLVERS = ("euler", "midpoint", "rk4", "dopri5")
-REFINEMENTS = ("ncc", "mi", "none")
+REFINEMENTS = ("ncc", "mi", "split", "none")
 STEP_RULES = ("rms", "paper")
 
 
@@ -21,8 +21,9 @@ class HarmonizationSettings:
 
     ``start_time`` 0 draws the image from the edge map alone (the paper); t0 > 0 starts from
     the noised ``start_from`` image. ``samples`` edge-to-image draws are averaged before the
-    refinement, which climbs the NCC (or MI) with ``refine_reference``; ``refine_step_rule``
-    says what ``refine_step`` means (``refinement.refine``).
+    refinement, which climbs the NCC (or MI) with ``refine_reference`` (``refine_step_rule``
+    says what ``refine_step`` means), or (``split``) keeps the draw's low frequencies below
+    ``split_sigma`` voxels and the reference's high frequencies (``refinement.refine``).
     """
 
     method: str = "bhd"
@@ -37,6 +38,7 @@ class HarmonizationSettings:
     refine_iterations: int = 6
     refine_region: str = "brain"
     refine_reference: str = "histmatch"
+    split_sigma: float = 8.0
     seed: int = 0
 
     def to_dict(self) -> dict:

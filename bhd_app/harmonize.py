@@ -175,6 +175,6 @@ def harmonize(model: HarmonizationModel, source: np.ndarray, mask: np.ndarray,
     generated[mask == 0] = 0
     reference = matched if s.refine_reference == "histmatch" else source
     harmonized, history = refine(generated, reference, mask, s.refinement, s.refine_step, s.refine_iterations,
-                                 s.refine_region, s.refine_step_rule)
+                                 s.refine_region, s.refine_step_rule, s.split_sigma)
     harmonized[mask == 0] = 0
     return {"edge_map": edge_map, "generated": generated, "harmonized": harmonized, "refinement_history": history}

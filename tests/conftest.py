@@ -3,7 +3,7 @@
 The simulated subject is the MNI152 2009a anatomy deformed by ``simulation.make_anatomy(0)`` (about 10-15 s,
 built once per session) and rendered on the harmonization grid under the target protocol (``trio3t``), the
 large-gap source (``vision15t``, FLASH) and a T2-weighted protocol (``t2w3t``). The real images are the stroke
-T1w/T2w pair of /work/shared/data/VolumeRenderingData (MIT; see its SOURCE.md). CI clones the repository with
+T1w/T2w pair of ../shared/data/VolumeRenderingData (MIT; see its SOURCE.md). CI clones the repository with
 ``../shared`` beside it; tests that need it are skipped with a reason when it is absent.
 
 The tests run single-threaded (``OMP_NUM_THREADS=1``, ``torch.set_num_threads(1)``) so that they leave a core
@@ -47,7 +47,7 @@ def normalize01(image: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """/work/shared/data (``../shared/data`` beside the repository)."""
+    """``../shared/data`` beside the repository."""
     if not SHARED.is_dir():
         pytest.skip(f"the shared example data are missing: {SHARED} (clone ../shared beside the repository)")
     return SHARED

@@ -1,7 +1,7 @@
 """Tests of bhd_app.bids on small real BIDS datasets.
 
 The images are real heads from the IXI dataset (Hammersmith Hospital, Philips 3T; CC BY-SA 3.0,
-brain-development.org; see /work/shared/data/IXI/SOURCE.md), copied into datasets built in tmp_path.
+brain-development.org; see ../shared/data/IXI/SOURCE.md beside the repository), copied into datasets built in tmp_path.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from bhd_app import bids as B
 from bhd_app.errors import BHDInputError
 from bhd_app.templates import RESOLUTION_LABEL, RESOLUTION_TEXT, TEMPLATE_SPACE
 
-IXI = Path("/work/shared/data/IXI")
+IXI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "IXI"
 HEADS = sorted(IXI.glob("IXI01[2-5]-HH-*-T1_ds.nii.gz"))
 VALIDATOR = shutil.which("bids-validator-deno")
 needs_validator = pytest.mark.skipif(

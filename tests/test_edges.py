@@ -1,7 +1,7 @@
 """Tests of bhd_app.edges: 3D Canny with the subject-level 8 % threshold (section 3.2, supplement S1).
 
 Images: the session's simulated subject on the harmonization grid (conftest) and the real stroke T1w/T2w
-pair of /work/shared/data/VolumeRenderingData (same subject, same grid).
+pair of ../shared/data/VolumeRenderingData (same subject, same grid).
 """
 
 from __future__ import annotations

@@ -120,7 +120,7 @@ def test_none_returns_the_input(images):
 def test_unknown_objective():
     with pytest.raises(ValueError, match="unknown refinement"):
         refine(np.zeros((4, 4, 4)), np.zeros((4, 4, 4)), np.ones((4, 4, 4)), "ssim")
-    assert OBJECTIVES == ("ncc", "mi", "none")
+    assert OBJECTIVES == ("ncc", "mi", "split", "none")
 
 
 def test_ncc_gradient_matches_autograd():
@@ -198,3 +198,22 @@ def test_paper_step_rule_is_alpha_n_times_the_gradient(images):
     assert history[1] > history[0]
     with pytest.raises(ValueError, match="step rule"):
         refine(generated, source, mask, "ncc", step_rule="unit")
+
+
+def test_frequency_split_keeps_the_generated_low_and_the_reference_high_frequencies(images):
+    """Closed forms: a constant offset of the reference is a pure low frequency, so it is kept exactly
+    (normalized convolution inside the mask reproduces a constant to the edge); and what the split returns
+    differs from the reference only by the low-passed difference of the two inputs."""
+    from bhd_app.refinement import frequency_split, masked_lowpass
+
+    mask = images["mask"]
+    reference = np.where(mask > 0, 0.2 + 0.6 * images["source"], 0).astype(np.float32)
+    out = frequency_split(reference + 0.1, reference, mask, sigma=4.0)
+    np.testing.assert_allclose(out[mask > 0], reference[mask > 0] + 0.1, atol=1e-5)
+    generated = np.where(mask > 0, 0.2 + 0.6 * images["blurred"], 0).astype(np.float32)
+    out, history = refine(generated, reference, mask, "split", split_sigma=4.0)
+    assert history == []
+    expected = reference + masked_lowpass(generated - reference, mask, 4.0)
+    inside = (mask > 0) & (expected > 0) & (expected < 1)
+    np.testing.assert_allclose(out[inside], expected[inside], atol=1e-5)
+    assert (out[mask == 0] == 0).all()

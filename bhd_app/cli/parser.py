@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--refine-iterations", type=int, default=T1W.refine_iterations,
                    help="refinement iterations (paper: 6)")
     g.add_argument("--refine-region", choices=("brain", "volume"), default=T1W.refine_region)
+    g.add_argument("--split-sigma", type=float, default=T1W.split_sigma,
+                   help="--refinement split: the Gaussian low-pass (voxels) below which the edge-to-image output is "
+                        "kept; the reference supplies the frequencies above it")
     g.add_argument("--refine-reference", choices=("source", "histmatch"),
                    help="the image the refinement correlates with: the source (paper) or the source matched to "
                         f"the target histogram (default {T1W.refine_reference} for T1w, "
