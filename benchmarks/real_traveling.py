@@ -97,7 +97,8 @@ def main(argv=None) -> int:
     p.add_argument("--random-edges", action="store_true", help="also each model with random edges (T1w)")
     p.add_argument("--variants", action="store_true", help="also the frequency-split variants (T1w)")
     p.add_argument("--no-controls", action="store_true", help="score the models only")
-    p.add_argument("--subjects", type=int, default=3, help="first N held-out subjects")
+    p.add_argument("--subjects", type=int, default=3, help="N held-out subjects")
+    p.add_argument("--first", type=int, default=0, help="index of the first held-out subject (0-15)")
     p.add_argument("--sources", nargs="+", default=list(SOURCES), choices=list(SOURCES))
     p.add_argument("--heldout", type=Path, default=HELDOUT)
     p.add_argument("--target-data", type=Path, default=TARGET_DATA)
@@ -112,7 +113,7 @@ def main(argv=None) -> int:
     images, masks, _, desc = load_cache(args.heldout)
     quantiles, spectrum = target_statistics(args.target_data)
     models = {m.stem: load_model(m) for m in args.models}
-    for k in range(min(args.subjects, len(images))):
+    for k in range(args.first, min(args.first + args.subjects, len(images))):
         truth, lesion, shell = draw_lesions(images[k], masks[k], seed=k)
         truth_lc = lesion_contrast(truth, lesion, shell)
         subject = desc["images"][k].split("_")[0]
@@ -144,24 +145,31 @@ def target_statistics(cache: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def tables(rows: list[dict]) -> str:
-    """Mean PSNR / SSIM / lesion error per source and method, and each model's margin over the best control."""
-    lines = ["| source | method | PSNR (dB) | SSIM | lesion error |", "|---|---|---|---|---|"]
+    """Mean PSNR / SSIM / lesion error per source and method (over the subjects it ran on), and each model's
+    margin over the best control on the same subjects."""
+    def mean(source: str, method: str, subjects: set) -> dict:
+        sel = [r for r in rows if r["source"] == source and r["method"] == method and r["subject"] in subjects]
+        return {k: float(np.mean([r[k] for r in sel])) for k in ("psnr", "ssim", "lesion_error")}
+
+    lines = ["| source | method | subjects | PSNR (dB) | SSIM | lesion error |", "|---|---|---|---|---|---|"]
     margins = ["", "| source | model | PSNR - best control | SSIM - best control | best control (PSNR) |",
                "|---|---|---|---|---|"]
     for source in dict.fromkeys(r["source"] for r in rows):
-        mean = {}
-        for method in dict.fromkeys(r["method"] for r in rows if r["source"] == source):
-            sel = [r for r in rows if r["source"] == source and r["method"] == method]
-            mean[method] = {k: float(np.mean([r[k] for r in sel])) for k in ("psnr", "ssim", "lesion_error")}
-            m = mean[method]
-            lines.append(f"| {source} | {method} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['lesion_error']:.3f} |")
-        control = {c: v for c, v in mean.items() if c in CONTROLS or c.startswith("random edges")}
-        if not control:
-            continue
-        best = max(control, key=lambda c: control[c]["psnr"])
-        for model in (m for m in mean if m not in control):
-            margins.append(f"| {source} | {model} | {mean[model]['psnr'] - control[best]['psnr']:+.2f} | "
-                           f"{mean[model]['ssim'] - max(c['ssim'] for c in control.values()):+.3f} | {best} |")
+        methods = list(dict.fromkeys(r["method"] for r in rows if r["source"] == source))
+        ran = {m: {r["subject"] for r in rows if r["source"] == source and r["method"] == m} for m in methods}
+        for method in methods:
+            m = mean(source, method, ran[method])
+            lines.append(f"| {source} | {method} | {len(ran[method])} | {m['psnr']:.2f} | {m['ssim']:.3f} | "
+                         f"{m['lesion_error']:.3f} |")
+        for model in (m for m in methods if m not in CONTROLS and not m.startswith("random edges")):
+            control = {c: mean(source, c, ran[model]) for c in methods
+                       if (c in CONTROLS or c == f"random edges ({model})") and ran[model] <= ran[c]}
+            if not control:
+                continue
+            best = max(control, key=lambda c: control[c]["psnr"])
+            m = mean(source, model, ran[model])
+            margins.append(f"| {source} | {model} | {m['psnr'] - control[best]['psnr']:+.2f} | "
+                           f"{m['ssim'] - max(c['ssim'] for c in control.values()):+.3f} | {best} |")
     return "\n".join(lines + margins) + "\n"
 
 
