@@ -184,7 +184,7 @@ def train(args: argparse.Namespace, dist: Distributed, device: torch.device) -> 
     return 0
 
 
-CURATED_CARD_FIELDS = ("target_domain", "width_choice", "validation", "status", "reproduce")
+CURATED_CARD_FIELDS = ("target_domain", "license", "credit", "width_choice", "validation", "status", "reproduce")
 
 
 def _curated_card_fields(model_path: Path) -> dict:

@@ -13,4 +13,4 @@ exec bhd-train runs/ixi-hh-w16 --bids-dir work/ixi-hh/train --participant-label 
     --init-from bhd_app/data/models/bhd_default.pt \
     --width 16 --patch-size 48 --batch-size 4 --lr 1e-4 --late-time-fraction 0.5 --parameterization image \
     --time-budget "${MINUTES:-90}" --checkpoint-minutes 5 --validate-minutes 0 --seed 0 \
-    --compact-state $HERE/compact_state_w16.pt --export $HERE/bhd_ixihh_w16.pt "$@"
+    --compact-state $HERE/compact_state_w16.pt --export bhd_app/data/models/bhd_ixihh.pt "$@"
