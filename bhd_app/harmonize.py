@@ -12,21 +12,18 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, replace
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .baselines import histogram_matching
-from .config import T1W, HarmonizationSettings
+from .config import T1W, HarmonizationSettings, default_model_path
 from .edges import canny_edges
 from .errors import BHDInputError
 from .flow import from_flow_space, sample, to_flow_space
 from .model import EdgeToImageUNet, UNetConfig, coordinate_grid
 from .refinement import refine
-
-DEFAULT_MODEL_NAME = "bhd_default.pt"
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -44,10 +41,6 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def default_model_path() -> Path:
-    return Path(str(resources.files("bhd_app") / "data" / "models" / DEFAULT_MODEL_NAME))
 
 
 @dataclass

@@ -48,7 +48,7 @@ def test_each_default_is_defined_once_in_the_settings_layer(tmp_path):
     for name, value in config.T1W.to_dict().items():
         expected = None if name in config.CONTRAST_DEPENDENT else value
         assert parser.get_default(name) == expected, name
-    assert set(config.CONTRAST_DEPENDENT) == {"start_time", "samples", "refinement", "refine_reference"}
+    assert {"samples", "refinement"} <= set(config.CONTRAST_DEPENDENT)
     assert inspect.signature(harmonize).parameters["settings"].default is config.T1W
     assert inspect.signature(validate).parameters["settings"].default is config.T1W
 
@@ -68,7 +68,10 @@ def test_help_states_the_contrast_dependent_defaults_without_none(capsys):
         build_parser().parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "default: None" not in text
-    assert f"default {config.T1W.start_time} for T1w" in text and "(default: 0.005)" in text
+    for name in config.CONTRAST_DEPENDENT:
+        t1w, t2w = getattr(config.T1W, name), getattr(config.CONTRAST_CONVERSION, name)
+        assert f"default {t1w} for T1w, {t2w} for T2w" in text, name
+    assert f"(default: {config.T1W.refine_step})" in text
 
 
 def test_not_a_bids_folder_is_one_line_error(tmp_path, capsys):

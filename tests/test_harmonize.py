@@ -199,11 +199,13 @@ def test_refinement_towards_the_histogram_matched_source(small_subject):
     source, mask, target = small_subject["vision15t"], small_subject["mask"], small_subject["trio3t"]
     quantiles = target_quantiles([target], [mask])
     model = in_memory(random_net(6), quantiles=quantiles)
-    out = harmonize(model, source, mask, steps=2, refine_step=0.02, refine_reference="histmatch")
+    out = harmonize(model, source, mask, steps=2, refine_step=0.02, refine_step_rule="rms",
+                    refine_reference="histmatch")
     expected, _ = refine(out["generated"], histogram_matching(source, mask, quantiles), mask, "ncc", 0.02)
     expected[mask == 0] = 0
     np.testing.assert_allclose(out["harmonized"], expected, atol=1e-6)
-    towards_source = harmonize(model, source, mask, steps=2, refine_step=0.02, refine_reference="source")
+    towards_source = harmonize(model, source, mask, steps=2, refine_step=0.02, refine_step_rule="rms",
+                               refine_reference="source")
     np.testing.assert_array_equal(towards_source["generated"], out["generated"])
     assert np.abs(towards_source["harmonized"] - out["harmonized"]).max() > 1e-3
     with pytest.raises(ValueError, match="reference"):

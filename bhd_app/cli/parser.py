@@ -7,7 +7,20 @@ import os
 from pathlib import Path
 
 from .. import __version__
-from ..config import CONTRAST_CONVERSION, METHODS, REFINEMENTS, SOLVERS, STEP_RULES, T1W
+from ..config import (CONTRAST_CONVERSION, CONTRAST_DEPENDENT, DEFAULT_MODEL, METHODS, REFINEMENTS, SHIPPED_MODELS,
+                      SOLVERS, STEP_RULES, T1W, model_path)
+
+def _default(name: str):
+    """A harmonization option's default: the T1w preset's, or None where the contrast decides (``config.preset``)."""
+    return None if name in CONTRAST_DEPENDENT else getattr(T1W, name)
+
+
+def _note(name: str) -> str:
+    """Help text for an option whose default depends on the contrast (argparse shows the others' itself)."""
+    if name not in CONTRAST_DEPENDENT:
+        return ""
+    return f" (default {getattr(T1W, name)} for T1w, {getattr(CONTRAST_CONVERSION, name)} for T2w)"
+
 
 class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows an option's default, except None: those options say in their help what they do when not given."""
@@ -69,42 +82,44 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--skip-bids-validation", action="store_true", help="do not validate the input dataset")
 
     g = p.add_argument_group("harmonization")
-    g.add_argument("--method", choices=METHODS, default=T1W.method,
+    g.add_argument("--method", choices=METHODS, default=_default("method"),
                    help="bhd (BlindHarmonyDiff), histmatch (histogram matching to the target domain), "
                         "ssimh (low-frequency 3D DCT swap with the target-domain average), "
                         "none (preprocessing only)")
-    g.add_argument("--model", type=lambda v: Path(v).expanduser().absolute(),  # a missing file: one-line error
-                   help="model file (.pt with its .json card); default: shipped")
-    g.add_argument("--steps", type=_positive_int, default=T1W.steps, help="ODE solver steps")
-    g.add_argument("--solver", default=T1W.solver, choices=SOLVERS, help="torchdiffeq method (paper: midpoint)")
-    g.add_argument("--start-time", type=_unit_interval,
-                   help="flow start t0: 0 is pure noise (paper); t0>0 starts from the noised, histogram-matched "
-                        f"source (default {T1W.start_time} for T1w, {CONTRAST_CONVERSION.start_time} for T2w)")
-    g.add_argument("--start-from", choices=("histmatch", "source"), default=T1W.start_from,
-                   help="the image mixed into the start when --start-time > 0")
-    g.add_argument("--samples", type=_positive_int,
+    g.add_argument("--model", type=model_path,  # a missing file: one-line error
+                   help=f"a shipped model ({', '.join(SHIPPED_MODELS)}; default {DEFAULT_MODEL}) or a model file "
+                        "(.pt with its .json card, written by bhd-train)")
+    g.add_argument("--steps", type=_positive_int, default=_default("steps"), help="ODE solver steps" + _note("steps"))
+    g.add_argument("--solver", default=_default("solver"), choices=SOLVERS,
+                   help="torchdiffeq method (paper: midpoint)" + _note("solver"))
+    g.add_argument("--start-time", type=_unit_interval, default=_default("start_time"),
+                   help="flow start t0: 0 is pure noise (paper); t0>0 starts from the noised --start-from image"
+                        + _note("start_time"))
+    g.add_argument("--start-from", choices=("histmatch", "source"), default=_default("start_from"),
+                   help="the image mixed into the start when --start-time > 0" + _note("start_from"))
+    g.add_argument("--samples", type=_positive_int, default=_default("samples"),
                    help="edge-to-image draws averaged before the refinement (closer to the target on average, "
-                        f"N times the sampling time; default {T1W.samples} for T1w, "
-                        f"{CONTRAST_CONVERSION.samples} for T2w)")
-    g.add_argument("--refinement", choices=REFINEMENTS,
-                   help=f"refinement objective (default: {T1W.refinement} for T1w, "
-                        f"{CONTRAST_CONVERSION.refinement} for contrast conversion)")
-    g.add_argument("--refine-step", type=float, default=T1W.refine_step,
-                   help="refinement step; its meaning is set by --refine-step-rule")
-    g.add_argument("--refine-step-rule", choices=STEP_RULES, default=T1W.refine_step_rule,
+                        "N times the sampling time)" + _note("samples"))
+    g.add_argument("--refinement", choices=REFINEMENTS, default=_default("refinement"),
+                   help="ncc/mi: gradient ascent on the similarity with --refine-reference (section 3.5); split: "
+                        "the model's frequencies below --split-sigma voxels, the reference's above"
+                        + _note("refinement"))
+    g.add_argument("--refine-step", type=float, default=_default("refine_step"),
+                   help="refinement step; its meaning is set by --refine-step-rule" + _note("refine_step"))
+    g.add_argument("--refine-step-rule", choices=STEP_RULES, default=_default("refine_step_rule"),
                    help="rms: each iteration changes the brain by an RMS of --refine-step, never past the NCC "
                         "maximum (a linear map of the reference); paper: x += step * N * gradient over the N brain "
-                        "voxels, the paper's gradient ascent (its step: 0.02)")
-    g.add_argument("--refine-iterations", type=int, default=T1W.refine_iterations,
-                   help="refinement iterations (paper: 6)")
-    g.add_argument("--refine-region", choices=("brain", "volume"), default=T1W.refine_region)
-    g.add_argument("--split-sigma", type=float, default=T1W.split_sigma,
-                   help="--refinement split: the Gaussian low-pass (voxels) below which the edge-to-image output is "
-                        "kept; the reference supplies the frequencies above it")
-    g.add_argument("--refine-reference", choices=("source", "histmatch"),
-                   help="the image the refinement correlates with: the source (paper) or the source matched to "
-                        f"the target histogram (default {T1W.refine_reference} for T1w, "
-                        f"{CONTRAST_CONVERSION.refine_reference} for T2w)")
+                        "voxels, the paper's gradient ascent (its step: 0.02)" + _note("refine_step_rule"))
+    g.add_argument("--refine-iterations", type=int, default=_default("refine_iterations"),
+                   help="refinement iterations (paper: 6)" + _note("refine_iterations"))
+    g.add_argument("--refine-region", choices=("brain", "volume"), default=_default("refine_region"),
+                   help="voxels the NCC/MI refinement sees and changes" + _note("refine_region"))
+    g.add_argument("--split-sigma", type=float, default=_default("split_sigma"),
+                   help="--refinement split: the Gaussian low-pass (voxels) below which the edge-to-image output "
+                        "is kept; the reference supplies the frequencies above it" + _note("split_sigma"))
+    g.add_argument("--refine-reference", choices=("source", "histmatch"), default=_default("refine_reference"),
+                   help="the image the refinement uses: the source (paper) or the source matched to the target "
+                        "histogram" + _note("refine_reference"))
     g.add_argument("--brain-extraction", choices=("auto", "deepbet", "template", "nonzero"), default="auto",
                    help="auto: the non-zero voxels of skull-stripped inputs, deepbet for T1w heads, "
                         "template-based otherwise; nonzero: the input is already skull-stripped")
@@ -116,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="jobs run in parallel")
     g.add_argument("--omp-nthreads", type=_positive_int, help="threads per job (default: nprocs / jobs, >= 1)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when present")
-    g.add_argument("--seed", type=int, default=T1W.seed, help="random seed (noise, registration)")
+    g.add_argument("--seed", type=int, default=_default("seed"), help="random seed (noise, registration)")
     g.add_argument("--plugin", default=None, help="nipype plugin: Linear, MultiProc, SLURM, SGE, PBS, ...")
     g.add_argument("--plugin-args", default=None,
                    help="JSON object of nipype plugin arguments, e.g. '{\"sbatch_args\": \"-p short\"}'")
