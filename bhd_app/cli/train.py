@@ -103,6 +103,9 @@ def bids_target_data(bids_dir: Path, labels, work_dir: Path) -> tuple[list, list
     from ..preprocessing import preprocess
 
     jobs = collect_jobs(load_layout(bids_dir), participant_labels=labels)
+    if len(jobs) < 2:
+        raise BHDInputError(f"{bids_dir}: {len(jobs)} T1w image selected; a target domain needs two or more to "
+                            "train on; add images or select more participants")
     images, masks, edges = [], [], []
     for job in jobs:
         pre = preprocess(job.path, work_dir / job.name)
@@ -167,10 +170,14 @@ def main(argv=None) -> int:
 
 def train(args: argparse.Namespace, dist: Distributed, device: torch.device) -> int:
     """Prepare the data (rank 0; the other ranks read its cache), train, and export (rank 0)."""
-    args.run_dir.mkdir(parents=True, exist_ok=True)
-    if not dist.is_main:
-        wait_for(args.run_dir / "data.npz")
     try:
+        try:
+            args.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise BHDInputError(f"{args.run_dir}: cannot create the run folder ({err.strerror}); choose a "
+                                "writable folder") from None
+        if not dist.is_main:
+            wait_for(args.run_dir / "data.npz")
         images, masks, edges, data_desc = load_or_make_data(args)
     except BHDInputError as err:
         print(f"bhd-train: error: {err}", file=sys.stderr)

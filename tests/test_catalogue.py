@@ -1,0 +1,218 @@
+"""The catalogue of broken inputs and settings, through every command line: ``bhd-app`` participant and group,
+``bhd-train``. Each case must end in one ``error:`` line naming the file or option and what to do, a non-zero
+exit code, no traceback and no outputs. Broken images are in test_robustness.py (``_damage``); the cases here
+fail before any job starts (seconds), except the group level's, which reuse the shared reference run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from bhd_app.cli import train
+from bhd_app.cli.run import main
+from bhd_app.harmonize import sha256_of
+from conftest import small_dataset
+
+VIDA = ("02", "vida", "T1w")
+NOT_ROOT = pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                              reason="root reads and writes whatever the permissions say")
+
+
+def _one_error_line(capsys, program: str = "bhd-app") -> str:
+    """The run's only stderr line, which must be ``<program>: error: ...``."""
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith(f"{program}: error: "), err
+    return err[0]
+
+
+def _outputs(out: Path) -> list[Path]:
+    return [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
+
+
+@pytest.fixture()
+def ds(examples, tmp_path) -> Path:
+    return small_dataset(examples, tmp_path / "ds", [VIDA])
+
+
+def _participant(ds: Path, tmp_path: Path, *extra: str) -> int:
+    return main([str(ds), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "w"), "--skip-bids-validation",
+                 *extra])
+
+
+# ---------------------------------------------------------------------------------------------- participant level
+
+
+def _filter_file(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "filter.json"
+    path.write_text(text)
+    return str(path)
+
+
+def _model_with_card(tmp_path: Path, content) -> Path:
+    """A .pt file holding ``content`` (bytes as they are, else torch.save) with a model card of its sha256."""
+    path = tmp_path / "models" / "other.pt"
+    path.parent.mkdir(exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    path.with_suffix(".json").write_text(json.dumps({"sha256": sha256_of(path)}))
+    return path
+
+
+class RunsCode:
+    """Unpickling this calls ``open(marker, "w")``: a model file that would run code when loaded."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+CASES = {  # name: (the extra arguments for a case's tmp_path, a phrase of the error line)
+    "plugin_args_not_json": (lambda tmp: ["--plugin-args", "{bad"], "--plugin-args '{bad': invalid JSON"),
+    "plugin_args_not_an_object": (lambda tmp: ["--plugin-args", "[2]"], "must be a JSON object"),
+    "filter_file_not_json": (lambda tmp: ["--bids-filter-file", _filter_file(tmp, '{"t1w": ')], "invalid JSON"),
+    "filter_selects_nothing": (lambda tmp: ["--bids-filter-file", _filter_file(tmp, '{"t1w": {"run": 7}}')],
+                               "no T1w image matching the BIDS filters"),
+    "work_dir_is_a_file": (lambda tmp: ["-w", str(tmp / "ds" / "README")], "work directory"),
+    "model_not_a_bhd_model": (lambda tmp: ["--model", str(_model_with_card(tmp, {"weights": torch.zeros(3)}))],
+                              "not a bhd model"),
+    "model_is_a_text_file": (lambda tmp: ["--model", str(_model_with_card(tmp, b"<html>404</html>"))],
+                             "not a loadable bhd model"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_settings_are_one_line_errors(ds, tmp_path, capsys, case):
+    extra, phrase = CASES[case]
+    code = _participant(ds, tmp_path, *extra(tmp_path))
+    line = _one_error_line(capsys)
+    assert code == 2 and phrase in line, line
+    assert _outputs(tmp_path / "out") == []
+
+
+def test_invalid_dataset_description(ds, tmp_path, capsys):
+    (ds / "dataset_description.json").write_text('{"Name": "x",\n')
+    assert _participant(ds, tmp_path) == 2
+    assert str(ds / "dataset_description.json") in _one_error_line(capsys)
+
+
+def test_a_model_file_that_would_run_code_is_refused_without_running_it(ds, tmp_path, capsys):
+    marker = tmp_path / "code_ran"
+    model = _model_with_card(tmp_path, {"unet": RunsCode(marker)})
+    assert _participant(ds, tmp_path, "--model", str(model)) == 2
+    line = _one_error_line(capsys)
+    assert str(model) in line and "not a loadable bhd model" in line, line
+    assert not marker.exists()
+
+
+@NOT_ROOT
+def test_read_only_work_folder(ds, tmp_path, capsys):
+    work = tmp_path / "w"
+    work.mkdir()
+    work.chmod(0o555)
+    try:
+        code = _participant(ds, tmp_path)
+    finally:
+        work.chmod(0o755)
+    assert code == 2 and str(work) in _one_error_line(capsys)
+
+
+def test_one_invalid_sidecar_is_skipped_with_a_warning(examples, tmp_path, caplog):
+    """pybids stops indexing at an invalid JSON file; bhd leaves it out (and its metadata) and goes on."""
+    from bhd_app.bids import collect_jobs, load_layout
+
+    ds = small_dataset(examples, tmp_path / "ds", [VIDA, ("02", "biograph", "T1w")])
+    bad = ds / "sub-02" / "ses-biograph" / "anat" / "sub-02_ses-biograph_T1w.json"
+    bad.write_text('{"Manufacturer": "Siemens",\n')
+    fetched_never = ds / "T1w.json"  # a git-annex sidecar that was never fetched
+    fetched_never.symlink_to(".git/annex/objects/aa/bb/SHA256E-s12--cc.json")
+    for database_dir in (None, tmp_path / "db", tmp_path / "db"):  # no index, a new index, the saved index
+        caplog.clear()
+        jobs = collect_jobs(load_layout(ds, database_dir=database_dir))
+        assert [j.name for j in jobs] == ["sub-02_ses-biograph_T1w", "sub-02_ses-vida_T1w"]
+        assert jobs[0].metadata == {} and jobs[1].metadata["Manufacturer"] == "Siemens"
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 2, warnings
+        assert any(str(bad) in w and "invalid JSON" in w for w in warnings), warnings
+        assert any(str(fetched_never) in w and "broken symlink" in w for w in warnings), warnings
+
+
+# ---------------------------------------------------------------------------------------------- group level
+
+
+@pytest.fixture()
+def finished(participant_run, tmp_path) -> tuple[Path, Path]:
+    """A copy of the reference run's input and derivatives (the participant level done)."""
+    ds, out = tmp_path / "ds", tmp_path / "out"
+    shutil.copytree(participant_run.ds, ds)
+    shutil.copytree(participant_run.out, out, ignore=shutil.ignore_patterns("group_*"))
+    return ds, out
+
+
+def test_group_level_cannot_write_is_one_line_error(finished, capsys):
+    ds, out = finished
+    (out / "group_report.html").mkdir()  # root ignores permissions: a folder in the way fails for everyone
+    assert main([str(ds), str(out), "group"]) == 2
+    line = _one_error_line(capsys)
+    assert str(out) in line and "cannot write the group outputs" in line, line
+    assert not (out / "group_bhd.tsv").exists() and not list(out.glob(".*.tmp"))
+
+
+@NOT_ROOT
+def test_group_level_read_only_output(finished, capsys):
+    ds, out = finished
+    out.chmod(0o555)
+    try:
+        code = main([str(ds), str(out), "group"])
+    finally:
+        out.chmod(0o755)
+    assert code == 2 and "cannot write the group outputs" in _one_error_line(capsys)
+    assert not (out / "group_bhd.tsv").exists()
+
+
+def test_group_level_skips_unreadable_files_with_a_warning(finished, capsys, caplog):
+    ds, out = finished
+    (ds / "sub-02" / "ses-vida" / "anat" / "sub-02_ses-vida_T1w.json").write_text("{")
+    side = next(out.glob("sub-02/ses-biograph/anat/*space-*_desc-harmonized_T1w.json"))
+    side.write_text('{"Sources": ')
+    assert main([str(ds), str(out), "group"]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2 and str(side) in warnings[1] and "--force" in warnings[1], warnings
+    assert len((out / "group_bhd.tsv").read_text().splitlines()) == 2  # the header and sub-02 ses-vida
+    assert "Traceback" not in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- bhd-train
+
+
+def _train(tmp_path: Path, ds: Path) -> int:
+    return train.main([str(tmp_path / "run"), "--bids-dir", str(ds), "--steps", "1", "--device", "cpu"])
+
+
+def test_train_on_an_empty_dataset(ds, tmp_path, capsys):
+    shutil.rmtree(ds / "sub-02")
+    assert _train(tmp_path, ds) == 2
+    assert "no sub-* folders" in _one_error_line(capsys, "bhd-train")
+    assert _outputs(tmp_path / "run") == []
+
+
+def test_train_on_a_single_image(ds, tmp_path, capsys):
+    assert _train(tmp_path, ds) == 2
+    line = _one_error_line(capsys, "bhd-train")
+    assert str(ds) in line and "1 T1w image" in line, line
+    assert _outputs(tmp_path / "run") == []
+
+
+def test_train_run_dir_that_cannot_be_created(ds, tmp_path, capsys):
+    (tmp_path / "run").write_text("a file")
+    assert _train(tmp_path, ds) == 2
+    assert str(tmp_path / "run") in _one_error_line(capsys, "bhd-train")
