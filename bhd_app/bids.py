@@ -502,7 +502,8 @@ DERIVATIVES_README = """# bhd derivatives
 
 Harmonized anatomical images made by bhd {version} (BlindHarmonyDiff as a BIDS App).
 Per image: the preprocessed image, brain mask and edge map on the MNI152NLin2009aSym grid
-(1.2 x 1.2 x 1.25 mm), the harmonized image on that grid and on the input's native grid, the affine
+(1.2 x 1.2 x 1.25 mm), the harmonized image on that grid and on the input's native grid, the brain
+mask on the native grid (`desc-brain_mask` without `space-`), the affine
 transform (`_xfm.mat`, ANTs), JSON sidecars with every setting, and an HTML report per image.
 The group level adds `group_bhd.tsv` and `group_report.html`.
 """

@@ -216,3 +216,22 @@ def test_train_run_dir_that_cannot_be_created(ds, tmp_path, capsys):
     (tmp_path / "run").write_text("a file")
     assert _train(tmp_path, ds) == 2
     assert str(tmp_path / "run") in _one_error_line(capsys, "bhd-train")
+
+
+# ---------------------------------------------------------------------------------------------- valid inputs
+
+
+def test_native_brain_mask(participant_run):
+    """``desc-brain_mask`` without ``space-``: the brain extraction on the input's own grid, with a sidecar."""
+    import nibabel as nib
+    import numpy as np
+
+    anat = participant_run.out / "sub-02" / "ses-vida" / "anat"
+    mask = nib.load(anat / "sub-02_ses-vida_desc-brain_mask.nii.gz")
+    source = nib.load(participant_run.ds / "sub-02" / "ses-vida" / "anat" / "sub-02_ses-vida_T1w.nii.gz")
+    assert mask.shape == source.shape and np.allclose(mask.affine, source.affine, atol=1e-4)
+    data = np.asarray(mask.dataobj)
+    volume_ml = data.sum() * np.prod(source.header.get_zooms()[:3]) / 1000
+    assert set(np.unique(data)) == {0, 1} and 900 < volume_ml < 2200, volume_ml
+    sidecar = json.loads((anat / "sub-02_ses-vida_desc-brain_mask.json").read_text())
+    assert sidecar["Type"] == "Brain" and sidecar["Sources"] == ["bids:raw:sub-02/ses-vida/anat/sub-02_ses-vida_T1w.nii.gz"]

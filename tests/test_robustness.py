@@ -272,7 +272,7 @@ def test_same_seed_gives_identical_derivatives(participant_run, tmp_path):
                  "--omp-nthreads", "1", "--seed", "0"])
     assert code == 0
     names = list(_derivatives(out))
-    assert len(names) == 11 and all("ses-vida" in n for n in names)
+    assert len(names) == 13 and all("ses-vida" in n for n in names)
     _same_derivatives(out, participant_run.out, names)
 
 
