@@ -118,17 +118,19 @@ def test_input_checks(tmp_path):
     vol = rng.random((32, 32, 32)).astype(np.float32)
     with pytest.raises(BHDInputError, match="3D"):
         load_anatomical(_save(tmp_path, np.stack([vol, vol], axis=-1), name="four_d.nii.gz"))
-    assert load_anatomical(_save(tmp_path, vol[..., None], name="one_volume.nii.gz")).shape == (32, 32, 32)
+    assert load_anatomical(_save(tmp_path, vol[..., None], (3.0, 3.0, 3.0), "one_volume.nii.gz")).shape == (32, 32, 32)
     with pytest.raises(BHDInputError, match="all zeros"):
-        load_anatomical(_save(tmp_path, np.zeros_like(vol), name="zeros.nii.gz"))
+        load_anatomical(_save(tmp_path, np.zeros_like(vol), (3.0, 3.0, 3.0), "zeros.nii.gz"))
     with pytest.raises(BHDInputError, match="anisotropic"):
         load_anatomical(_save(tmp_path, vol, zooms=(1.0, 1.0, 6.0), name="aniso.nii.gz"))
     with pytest.raises(BHDInputError, match="not found"):
         load_anatomical(tmp_path / "missing.nii.gz")
+    with pytest.raises(BHDInputError, match=r"covers only 96 x 96 x 20 mm"):  # a 20-slice slab
+        load_anatomical(_save(tmp_path, vol[:, :, :20], (3.0, 3.0, 1.0), "slab.nii.gz"))
     with_nan = vol.copy()
     with_nan[0, 0, :4] = np.nan
     with pytest.warns(UserWarning, match="NaN"):
-        img = load_anatomical(_save(tmp_path, with_nan, name="nan.nii.gz"))
+        img = load_anatomical(_save(tmp_path, with_nan, (3.0, 3.0, 3.0), "nan.nii.gz"))
     assert np.isfinite(img.get_fdata()).all() and img.get_fdata()[0, 0, 0] == 0
 
 
