@@ -9,6 +9,7 @@ output's ``.bidsignore`` so that the official validator accepts the derivative d
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -396,6 +397,8 @@ def atomic_write_texts(texts: dict[Path, str]) -> None:
     try:
         for path, text in texts.items():
             path.parent.mkdir(parents=True, exist_ok=True)
+            if path.is_dir():  # the one thing that makes a rename below fail
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
             tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
             staged.append((tmp, path))
             with open(tmp, "x", encoding="utf-8") as handle:
