@@ -87,8 +87,9 @@ class Preprocessed:
 
 
 MIN_BRAIN_ML = 300.0  # smaller masks are failures of brain extraction (or not a brain image)
-# tissue_fit below this: not a brain image. Measured: T1w heads 0.55 (a clinical scan) to 0.97, a brain-extracted T2w with a
-# stroke 0.26; a uniform ellipsoid phantom 0.09, uniform noise 0.005 (both pass brain extraction).
+# tissue_fit below this: not a brain image. Measured: T1w heads 0.55 (a clinical scan) to 0.97, a
+# brain-extracted T2w with a stroke 0.26; a uniform ellipsoid phantom 0.09, uniform noise 0.005 (both
+# pass brain extraction and registration).
 MIN_TISSUE_FIT = 0.15
 
 def load_anatomical(path: str | os.PathLike) -> nib.Nifti1Image:

@@ -174,3 +174,13 @@ def test_template_method_on_a_head(head, tmp_path):
         p = preprocess(head, tmp_path, brain_extraction="template")
     assert p.settings["brain_extraction"]["method"] == "template"
     assert p.qc["template_dice"] > 0.9 and 1.0 < p.qc["brain_volume_ml"] / 1000 < 1.9
+
+
+def test_tissue_fit_tells_brains_of_any_contrast_from_a_phantom():
+    from bhd_app.preprocessing import MIN_TISSUE_FIT, template_brain_mask_on_grid, tissue_fit
+    from bhd_app.templates import template_on_grid
+
+    t1, mask = template_on_grid(), template_brain_mask_on_grid() > 0
+    assert tissue_fit(t1, mask) > 0.9 and tissue_fit(t1.max() - t1, mask) > 0.9  # T1-like and inverted (T2-like)
+    phantom = np.random.default_rng(0).normal(1.0, 0.05, t1.shape)
+    assert tissue_fit(phantom, mask) < MIN_TISSUE_FIT
