@@ -4,12 +4,14 @@
 #   docker build --build-arg TORCH_VARIANT=cpu \
 #                --build-arg BHD_IMAGE_TAG=bhd:0.1.0-cpu -t bhd:0.1.0-cpu .   # CPU-only torch
 #
+#   mkdir -p out work      # before `docker run`: else the daemon creates them, owned by root
 #   docker run --rm --read-only --tmpfs /tmp --user "$(id -u):$(id -g)" --network none \
 #       -v "$PWD/bids:/data:ro" -v "$PWD/out:/out" -v "$PWD/work:/work" \
 #       bhd:0.1.0 /data /out participant -w /work
 #
 # Needs only PyPI and a Debian mirror (no Docker Hub: docker/make_base_image.sh builds the base image
-# with debootstrap). See docker/README.md. Runs as any user id on a read-only root filesystem, offline.
+# with debootstrap). See docker/README.md. Runs as user bhd (uid 1000) by default and as any user id
+# (--user), on a read-only root filesystem, offline.
 
 ARG BASE_IMAGE=debian:bookworm-slim
 
@@ -84,7 +86,8 @@ RUN apt-get update \
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/bhd /opt/bhd
 
-# (declared here, not earlier: BUILD_DATE changes every build and would void the cache of the steps above)
+# (declared here, not earlier: a new BUILD_DATE voids the cache of the steps after it; docker/build.sh
+# passes the date of the last commit, so that rebuilding an unchanged checkout gives the same image)
 ARG TORCH_VARIANT=cuda
 ARG TORCH_VERSION=2.13.0
 ARG BHD_VERSION=0.1.0
@@ -129,6 +132,9 @@ ENV PATH=/opt/bhd/bin:/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/us
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
+# Not root by default; `--user UID:GID` still runs it as anyone (docker/entrypoint.sh needs no passwd entry).
+RUN useradd --uid 1000 --user-group --no-create-home --home-dir /tmp/bhd-home --shell /usr/sbin/nologin bhd
+USER 1000:1000
 WORKDIR /work
 ENTRYPOINT ["/opt/bhd/entrypoint.sh"]
 CMD ["--help"]

@@ -9,6 +9,7 @@ output's ``.bidsignore`` so that the official validator accepts the derivative d
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -136,8 +137,9 @@ def load_layout(bids_dir: str | Path, validate: bool = False,
     if not isinstance(_read_json(description, "the dataset description"), dict):
         raise BHDInputError(f"{description}: must hold a JSON object; see the BIDS specification")
 
-    def build(database_path: Path | None, reset: bool):
-        indexer = BIDSLayoutIndexer(validate=validate, ignore=list(_INDEX_IGNORE))
+    def build(database_path: Path | None, reset: bool, skipped: list[str] = ()):
+        ignore = list(_INDEX_IGNORE) + [re.compile(f"^{re.escape(rel)}$") for rel in skipped]
+        indexer = BIDSLayoutIndexer(validate=validate, ignore=ignore)
         try:
             return BIDSLayout(root, validate=validate, indexer=indexer,
                               database_path=database_path, reset_database=reset)
@@ -145,7 +147,7 @@ def load_layout(bids_dir: str | Path, validate: bool = False,
             raise BHDInputError(f"{description}: {str(err).splitlines()[0].strip()} Fix the file.") from None
 
     if database_dir is None:
-        return build(None, True)
+        return build(None, True, _unreadable_sidecars(root))
 
     # pybids takes the root from a saved database, so each dataset gets its own folder.
     db = Path(database_dir) / f"{root.name}-{hashlib.sha1(str(root).encode()).hexdigest()[:10]}"
@@ -160,7 +162,9 @@ def load_layout(bids_dir: str | Path, validate: bool = False,
         db.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{db.name}.", dir=db.parent))
         try:
-            build(tmp, True)
+            skipped = _unreadable_sidecars(root)
+            build(tmp, True, skipped)
+            (tmp / "skipped_sidecars.json").write_text(json.dumps(skipped))
             (tmp / "fingerprint").write_text(stamp)
             if not fresh():  # else another run got there first
                 shutil.rmtree(db, ignore_errors=True)
@@ -170,7 +174,20 @@ def load_layout(bids_dir: str | Path, validate: bool = False,
                     pass
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    else:  # the index was built without them: warn again
+        _unreadable_sidecars(root, json.loads((db / "skipped_sidecars.json").read_text()))
     return build(db, False)
+
+
+def _indexed_files(root: Path) -> Iterable[tuple[str, Path]]:
+    """(``/``-rooted relative path, path) of every file pybids indexes, in a stable order."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = "" if Path(dirpath) == root else "/" + Path(dirpath).relative_to(root).as_posix()
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and not any(p.search(f"{rel}/{d}") for p in _INDEX_IGNORE))
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                yield f"{rel}/{name}", Path(dirpath) / name
 
 
 def _dataset_fingerprint(root: Path, validate: bool) -> str:
@@ -178,15 +195,34 @@ def _dataset_fingerprint(root: Path, validate: bool) -> str:
     import bids
 
     digest = hashlib.sha1(f"{root}|{validate}|{bids.__version__}".encode())
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel = "" if Path(dirpath) == root else "/" + Path(dirpath).relative_to(root).as_posix()
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                             and not any(p.search(f"{rel}/{d}") for p in _INDEX_IGNORE))
-        for name in sorted(filenames):
-            if not name.startswith("."):
-                st = os.lstat(os.path.join(dirpath, name))
-                digest.update(f"{rel}/{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    for rel, path in _indexed_files(root):
+        st = os.lstat(path)
+        digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()
+
+
+def _unreadable_sidecars(root: Path, known: list[str] | None = None) -> list[str]:
+    """The JSON sidecars pybids could not read (relative paths), each logged as a one-line warning.
+
+    pybids stops indexing at the first invalid one, so they are left out of the index: one bad sidecar
+    does not stop the other participants. ``known`` (from an earlier scan) only repeats the warnings.
+    """
+    bad = []
+    for rel, path in _indexed_files(root) if known is None else ((r, root / r[1:]) for r in known):
+        if not rel.endswith(".json") or rel == "/dataset_description.json":
+            continue
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            if path.is_symlink() and not path.exists():
+                reason = "a broken symlink (a git-annex/DataLad file not fetched?)"
+            elif isinstance(err, json.JSONDecodeError):
+                reason = f"invalid JSON (line {err.lineno}, column {err.colno}: {err.msg})"
+            else:
+                reason = f"unreadable ({err})"
+            LOGGER.warning("%s: %s; skipped, its metadata are not used; fix the file", path, reason)
+            bad.append(rel)
+    return bad
 
 
 def load_bids_filters(path: str | Path) -> dict:
@@ -354,18 +390,30 @@ def bids_uri(path: str | Path, bids_dir: str | Path) -> str:
     return f"bids:raw:{rel.as_posix()}"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write through a hidden temporary file in the same folder, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+def atomic_write_texts(texts: dict[Path, str]) -> None:
+    """Write each text through a hidden temporary file beside its path; rename them into place once all are
+    written, so that a failure (a read-only or full disk) leaves none of them half-written."""
+    staged = []
     try:
-        with open(tmp, "x", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        for path, text in texts.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.is_dir():  # the one thing that makes a rename below fail
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+            staged.append((tmp, path))
+            with open(tmp, "x", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+        for tmp, path in staged:
+            os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_texts({path: text})
 
 
 def _jsonable(value: Any) -> Any:
@@ -457,7 +505,8 @@ DERIVATIVES_README = """# bhd derivatives
 
 Harmonized anatomical images made by bhd {version} (BlindHarmonyDiff as a BIDS App).
 Per image: the preprocessed image, brain mask and edge map on the MNI152NLin2009aSym grid
-(1.2 x 1.2 x 1.25 mm), the harmonized image on that grid and on the input's native grid, the affine
+(1.2 x 1.2 x 1.25 mm), the harmonized image on that grid and on the input's native grid, the brain
+mask on the native grid (`desc-brain_mask` without `space-`), the affine
 transform (`_xfm.mat`, ANTs), JSON sidecars with every setting, and an HTML report per image.
 The group level adds `group_bhd.tsv` and `group_report.html`.
 """

@@ -43,6 +43,7 @@ def output_paths(out_dir: Path, job: Job) -> dict[str, Path]:
                                extension=".mat"),
         "harmonized": derivative_path(out_dir, job, **grid, desc="harmonized", suffix="T1w", extension=".nii.gz"),
         "native": derivative_path(out_dir, job, desc="harmonized", suffix="T1w", extension=".nii.gz"),
+        "native_mask": derivative_path(out_dir, job, desc="brain", suffix="mask", extension=".nii.gz"),
     }
 
 
@@ -92,7 +93,8 @@ def job_from_json(text: str) -> Job:
 
 def write_job_derivatives(job_json: str, out_dir: str, bids_dir: str, settings: dict, preproc_file: str,
                           mask_file: str, xfm_file: str, preproc_info: str, harmonized_file: str,
-                          generated_file: str, edges_file: str, harmonization_info: str, native_file: str) -> str:
+                          generated_file: str, edges_file: str, harmonization_info: str, native_file: str,
+                          native_mask_file: str) -> str:
     """Copy a job's results into the derivatives dataset with their sidecars and the job's HTML report.
 
     Returns the harmonized image's path.
@@ -131,6 +133,9 @@ def write_job_derivatives(job_json: str, out_dir: str, bids_dir: str, settings: 
         "native": (native_file, {**common, "SkullStripped": True, "Sources": [source],
                                  "Description": "Harmonized image resampled back onto the input's native grid",
                                  "Harmonization": harmonization}),
+        "native_mask": (native_mask_file, {**common, "Sources": [source], "Type": "Brain",
+                                           "Description": "Brain mask on the input's native grid (the brain "
+                                                          "extraction of bhd preprocessing)"}),
     }
     staged: list[tuple[Path, Path]] = []
     report = out_dir / f"{job.name}.html"

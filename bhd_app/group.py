@@ -12,18 +12,24 @@ after harmonization. Writes ``group_bhd.tsv`` and ``group_report.html``.
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import json
+import logging
+import zlib
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.filebasedimages import ImageFileError
 
+from .bids import atomic_write_texts
 from .errors import BHDInputError
 from .templates import RESOLUTION_LABEL, TEMPLATE_SPACE
 
 PERCENTILES = (5, 25, 50, 75, 95)
 N_SAMPLES = 2001
+LOGGER = logging.getLogger(__name__)
 
 
 def _scanner(meta: dict, suffix: str) -> str:
@@ -38,30 +44,48 @@ def _source_metadata(bids_dir: Path, sources: list[str]) -> tuple[dict, str]:
     path = bids_dir / rel
     suffix = path.name.split("_")[-1].split(".")[0]
     sidecar = path.with_name(path.name.replace(".nii.gz", ".json").replace(".nii", ".json"))
-    return (json.loads(sidecar.read_text()) if sidecar.exists() else {}), suffix
+    try:
+        return (json.loads(sidecar.read_text()) if sidecar.exists() else {}), suffix
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        LOGGER.warning("%s: cannot be read (%s); the scanner of this job is unknown; fix the file", sidecar, err)
+        return {}, suffix
 
 
 def collect_results(bids_dir: Path, out_dir: Path) -> list[dict]:
-    """One record per complete job: identity, scanner and the brain intensities before and after."""
+    """One record per complete job: identity, scanner and the brain intensities before and after.
+
+    A job whose derivatives cannot be read is left out with a one-line warning.
+    """
     records = []
     pattern = f"*_space-{TEMPLATE_SPACE}_res-{RESOLUTION_LABEL}_desc-harmonized_T1w.json"
     for side in sorted(out_dir.glob(f"sub-*/**/anat/{pattern}")):
-        info = json.loads(side.read_text())
-        harmonized = side.with_name(side.name.replace(".json", ".nii.gz"))
-        stem = side.name.split(f"_space-{TEMPLATE_SPACE}")[0]
-        anat = side.parent
-        mask_files = sorted(anat.glob(f"{stem}_space-{TEMPLATE_SPACE}_res-{RESOLUTION_LABEL}_desc-brain*_mask.nii.gz"))
-        preproc_files = sorted(anat.glob(f"{stem}_space-{TEMPLATE_SPACE}_res-{RESOLUTION_LABEL}_desc-preproc_*.nii.gz"))
-        if not (harmonized.exists() and mask_files and preproc_files):
+        try:
+            record = _job_record(bids_dir, side)
+        except (OSError, ValueError, EOFError, zlib.error, ImageFileError) as err:
+            LOGGER.warning("%s: the job's derivatives cannot be read (%s); skipped; re-run the participant level "
+                           "for it with --force", side, " ".join(str(err).split()))
             continue
-        meta, suffix = _source_metadata(bids_dir, info.get("Sources", [""]))
-        mask = np.asarray(nib.load(mask_files[0]).dataobj) > 0
-        before = np.asarray(nib.load(preproc_files[0]).dataobj, dtype=np.float32)[mask]
-        after = np.asarray(nib.load(harmonized).dataobj, dtype=np.float32)[mask]
-        records.append({"job": stem, "scanner": _scanner(meta, suffix), "suffix": suffix,
-                        "method": info.get("Harmonization", {}).get("method", ""),
-                        "before": before, "after": after})
+        if record:
+            records.append(record)
     return records
+
+
+def _job_record(bids_dir: Path, side: Path) -> dict | None:
+    """The record of the job whose harmonized sidecar is ``side`` (none if its files are incomplete)."""
+    info = json.loads(side.read_text())
+    harmonized = side.with_name(side.name.replace(".json", ".nii.gz"))
+    stem = side.name.split(f"_space-{TEMPLATE_SPACE}")[0]
+    anat = side.parent
+    mask_files = sorted(anat.glob(f"{stem}_space-{TEMPLATE_SPACE}_res-{RESOLUTION_LABEL}_desc-brain*_mask.nii.gz"))
+    preproc_files = sorted(anat.glob(f"{stem}_space-{TEMPLATE_SPACE}_res-{RESOLUTION_LABEL}_desc-preproc_*.nii.gz"))
+    if not (harmonized.exists() and mask_files and preproc_files):
+        return None
+    meta, suffix = _source_metadata(bids_dir, info.get("Sources", [""]))
+    mask = np.asarray(nib.load(mask_files[0]).dataobj) > 0
+    before = np.asarray(nib.load(preproc_files[0]).dataobj, dtype=np.float32)[mask]
+    after = np.asarray(nib.load(harmonized).dataobj, dtype=np.float32)[mask]
+    return {"job": stem, "scanner": _scanner(meta, suffix), "suffix": suffix,
+            "method": info.get("Harmonization", {}).get("method", ""), "before": before, "after": after}
 
 
 def _quantiles(values: np.ndarray) -> np.ndarray:
@@ -91,14 +115,16 @@ def failed_jobs(out_dir: Path) -> list[str]:
     return failed
 
 
-def write_group_tsv(records: list[dict], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f, delimiter="\t", lineterminator="\n")
-        w.writerow(["job", "scanner", "contrast", "method"]
-                   + [f"{when}_p{p}" for when in ("before", "after") for p in PERCENTILES])
-        for r in records:
-            w.writerow([r["job"], r["scanner"], r["suffix"], r["method"]]
-                       + [f"{v:.4f}" for when in ("before", "after") for v in np.percentile(r[when], PERCENTILES)])
+def group_tsv(records: list[dict]) -> str:
+    """The text of ``group_bhd.tsv``: one row per job, brain intensity percentiles before and after."""
+    f = io.StringIO()
+    w = csv.writer(f, delimiter="\t", lineterminator="\n")
+    w.writerow(["job", "scanner", "contrast", "method"]
+               + [f"{when}_p{p}" for when in ("before", "after") for p in PERCENTILES])
+    for r in records:
+        w.writerow([r["job"], r["scanner"], r["suffix"], r["method"]]
+                   + [f"{v:.4f}" for when in ("before", "after") for v in np.percentile(r[when], PERCENTILES)])
+    return f.getvalue()
 
 
 def run_group_level(bids_dir: Path, out_dir: Path) -> int:
@@ -110,10 +136,13 @@ def run_group_level(bids_dir: Path, out_dir: Path) -> int:
     records = collect_results(Path(bids_dir), Path(out_dir))
     if not records:
         raise BHDInputError(f"{out_dir}: no complete participant results found; run the participant level first")
-    write_group_tsv(records, out_dir / "group_bhd.tsv")
     before, after = site_separability(records, "before"), site_separability(records, "after")
     html = group_report_html(records, before, after, failed_jobs(out_dir))
-    (out_dir / "group_report.html").write_text(html)
+    try:
+        atomic_write_texts({out_dir / "group_bhd.tsv": group_tsv(records), out_dir / "group_report.html": html})
+    except OSError as err:
+        raise BHDInputError(f"{out_dir}: cannot write the group outputs ({err.strerror or err}); make the "
+                            "output folder writable (and not full) and run the group level again") from None
     scanners = len({r["scanner"] for r in records})
     summary = (f"site separability (mean pairwise W1) before {before:.4f}, after {after:.4f}" if scanners > 1
                else "site separability needs two scanners or more")

@@ -106,8 +106,12 @@ def load_model(path: Path | None = None, device: torch.device | str = "cpu") -> 
     except Exception as err:  # noqa: BLE001 - any unpickling problem is a bad file
         raise BHDInputError(f"{path}: not a loadable bhd model ({type(err).__name__}); restore it") from None
     device = torch.device(device)
-    net = EdgeToImageUNet(UNetConfig.from_dict(json.loads(blob["unet"])))
-    net.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})
+    try:
+        net = EdgeToImageUNet(UNetConfig.from_dict(json.loads(blob["unet"])))
+        net.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise BHDInputError(f"{path}: not a bhd model ({type(err).__name__}: {err}); pass a model written by "
+                            "bhd-train --export") from None
     net = net.to(device).eval()
     if device.type == "cpu":
         net = net.to(memory_format=torch.channels_last_3d)

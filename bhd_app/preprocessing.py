@@ -41,11 +41,12 @@ from scipy import ndimage as ndi
 
 from .errors import BHDInputError
 from .intensity import PERCENTILES, normalize_percentile  # noqa: F401 (part of this stage)
-from .templates import TEMPLATE_SPACE, harmonization_grid, load_template
+from .templates import TEMPLATE_SPACE, harmonization_grid, load_template, template_on_grid
 
 BRAIN_EXTRACTION_METHODS = ("auto", "deepbet", "template", "nonzero")
 MAX_ANISOTROPY = 5.0  # largest / smallest voxel size
 MIN_EXTENT_VOXELS = 16  # a "3D" image thinner than this is a slab or a single slice
+MIN_FIELD_OF_VIEW_MM = 80.0  # an image narrower than this along any axis cannot hold a whole brain
 # An input whose nonzero voxels fill less than this (and at least 30% of the field of view is exactly
 # zero) is taken as already skull-stripped: stripped brains are 1.0-1.9 L, heads 3-7 L.
 STRIPPED_MAX_ML = 2200.0
@@ -86,6 +87,10 @@ class Preprocessed:
 
 
 MIN_BRAIN_ML = 300.0  # smaller masks are failures of brain extraction (or not a brain image)
+# tissue_fit below this: not a brain image. Measured: T1w heads 0.55 (a clinical scan) to 0.97, a
+# brain-extracted T2w with a stroke 0.26; a uniform ellipsoid phantom 0.09, uniform noise 0.005 (both
+# pass brain extraction and registration).
+MIN_TISSUE_FIT = 0.15
 
 def load_anatomical(path: str | os.PathLike) -> nib.Nifti1Image:
     """Load one 3D anatomical image as float32, or raise BHDInputError naming the file.
@@ -95,6 +100,9 @@ def load_anatomical(path: str | os.PathLike) -> nib.Nifti1Image:
     a voxel size ratio above MAX_ANISOTROPY.
     """
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise BHDInputError(f"{path}: a broken symlink (a git-annex/DataLad file not fetched?); fetch it with "
+                            "`datalad get` or `git annex get`, or remove it")
     if not path.is_file():
         raise BHDInputError(f"{path}: file not found; check the path")
     try:
@@ -120,6 +128,11 @@ def load_anatomical(path: str | os.PathLike) -> nib.Nifti1Image:
         raise BHDInputError(
             f"{path}: voxel size {sizes} mm is too anisotropic (ratio > {MAX_ANISOTROPY:g}); use a 3D acquisition"
         )
+    extent = zooms * np.array(data.shape[:3])
+    if extent.min() < MIN_FIELD_OF_VIEW_MM:
+        sizes = " x ".join(f"{e:.0f}" for e in extent)
+        raise BHDInputError(f"{path}: the image covers only {sizes} mm (a brain needs {MIN_FIELD_OF_VIEW_MM:g} mm "
+                            "or more along each axis); pass a whole-brain 3D image")
     bad = ~np.isfinite(data)
     if bad.any():
         warnings.warn(f"{path}: {int(bad.sum())} NaN/Inf voxels set to 0", stacklevel=2)
@@ -191,6 +204,16 @@ def template_brain_mask_on_grid() -> np.ndarray:
     _, mask, _ = _template_ants()
     on_grid = ants.resample_image_to_target(mask, _grid_ants(), interp_type="linear")
     return (on_grid.numpy() >= 0.5).astype(np.uint8)
+
+
+def tissue_fit(image: np.ndarray, mask: np.ndarray) -> float:
+    """How well the template's grey and white matter maps explain an image on the grid, in ``mask``: the
+    multiple correlation R of a linear fit, so any contrast of a brain scores high and a phantom low."""
+    gm, wm = template_on_grid("gm")[mask], template_on_grid("wm")[mask]
+    design = np.stack([gm, wm, np.ones_like(gm)], axis=1).astype(np.float64)
+    values = image[mask].astype(np.float64)
+    coef, *_ = np.linalg.lstsq(design, values, rcond=None)
+    return float(np.sqrt(max(0.0, 1.0 - np.var(values - design @ coef) / max(np.var(values), 1e-12))))
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -465,12 +488,18 @@ def preprocess(
     timings["total"] = round(sum(timings.values()), 3)
 
     native_mask = _nifti(mask.astype(np.uint8), affine)
+    template_mask = template_brain_mask_on_grid()
     qc = {
-        "template_dice": round(_dice(grid_mask, template_brain_mask_on_grid()), 4),
+        "template_dice": round(_dice(grid_mask, template_mask), 4),
+        "tissue_fit": round(tissue_fit(image, grid_mask & (template_mask > 0)), 4),
         "brain_volume_ml": round(float(mask.sum()) * voxel_ml, 1),
         "normalization_low": low,
         "normalization_high": high,
     }
+    if qc["tissue_fit"] < MIN_TISSUE_FIT:
+        raise BHDInputError(f"{path}: does not look like a brain MRI (the template's grey and white matter explain "
+                            f"its brain intensities with R = {qc['tissue_fit']:.2f}, brain images score "
+                            f"{MIN_TISSUE_FIT:g} or more); check that this is a brain image")
     if qc["template_dice"] < 0.8:
         warnings.warn(f"{path}: registered brain overlaps the template brain poorly (Dice {qc['template_dice']})")
     settings = _settings(

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .edges import canny_edges
+from .errors import BHDInputError
 
 SYNTHETIC_SEED0 = 1000
 CACHE_FORMAT = 2  # cropped uint8 images, packed masks and edge maps
@@ -65,6 +66,9 @@ def bids_target_data(bids_dir: Path, labels, work_dir: Path, nprocs: int = 1) ->
     from .bids import collect_jobs, load_layout
 
     jobs = collect_jobs(load_layout(bids_dir), participant_labels=labels)
+    if len(jobs) < 2:
+        raise BHDInputError(f"{bids_dir}: {len(jobs)} T1w image selected; a target domain needs two or more to "
+                            "train on; add images or select more participants")
     with ProcessPoolExecutor(max(1, nprocs)) as pool:
         futures = [pool.submit(_preprocess_one, job.path, work_dir / job.name) for job in jobs]
         results = []

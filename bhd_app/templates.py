@@ -73,7 +73,7 @@ def load_template(kind: str = "t1") -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(img.get_fdata(), dtype=np.float32), img.affine.copy()
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=3)
 def template_on_grid(kind: str = "t1") -> np.ndarray:
     """The template resampled (trilinear) onto the harmonization grid."""
     from scipy import ndimage

@@ -128,13 +128,13 @@ def run_to_native(grid_file: str, xfm_file: str, in_file: str):
 
 def run_derivatives(job_json: str, out_dir: str, bids_dir: str, settings: dict, preproc_file: str,
                     mask_file: str, xfm_file: str, preproc_info: str, harmonized_file: str, generated_file: str,
-                    edges_file: str, harmonization_info: str, native_file: str):
+                    edges_file: str, harmonization_info: str, native_file: str, native_mask_file: str):
     """Node: write this job's BIDS derivatives (atomically) and return the path of the main output."""
     from bhd_app.derivatives import write_job_derivatives
 
     return write_job_derivatives(job_json, out_dir, bids_dir, settings, preproc_file, mask_file, xfm_file,
                                  preproc_info, harmonized_file, generated_file, edges_file, harmonization_info,
-                                 native_file)
+                                 native_file, native_mask_file)
 
 
 def _node(function, inputs: list[str], outputs: list[str], name: str, **values) -> pe.Node:
@@ -169,7 +169,8 @@ def init_job_wf(job: Job, out_dir: Path, bids_dir: Path, settings: dict, device:
                            "path": str(job.path), "entities": job.entities, "metadata": job.metadata}, default=str)
     out = _node(run_derivatives, ["job_json", "out_dir", "bids_dir", "settings", "preproc_file", "mask_file",
                                   "xfm_file", "preproc_info", "harmonized_file", "generated_file", "edges_file",
-                                  "harmonization_info", "native_file"], ["out_file"], "derivatives",
+                                  "harmonization_info", "native_file", "native_mask_file"], ["out_file"],
+                "derivatives",
                 job_json=job_json, out_dir=str(out_dir), bids_dir=str(bids_dir), settings=settings)
     out.overwrite = True  # cheap, and it must follow the current code and output folder even when cached
     wf.connect([
@@ -177,7 +178,7 @@ def init_job_wf(job: Job, out_dir: Path, bids_dir: Path, settings: dict, device:
         (har, nat, [("harmonized_file", "grid_file")]),
         (pre, nat, [("xfm_file", "xfm_file")]),
         (pre, out, [("preproc_file", "preproc_file"), ("mask_file", "mask_file"), ("xfm_file", "xfm_file"),
-                    ("info_file", "preproc_info")]),
+                    ("info_file", "preproc_info"), ("native_mask_file", "native_mask_file")]),
         (har, out, [("harmonized_file", "harmonized_file"), ("generated_file", "generated_file"),
                     ("edges_file", "edges_file"),
                     ("info_file", "harmonization_info")]),

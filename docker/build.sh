@@ -7,6 +7,11 @@
 #
 # Environment: BASE_IMAGE (default debian:bookworm-slim; docker/make_base_image.sh makes it offline),
 # DOCKER_BUILD_NETWORK (e.g. host, when the daemon runs with --bridge=none).
+#
+# The host's extra CA certificates (/usr/local/share/ca-certificates/*.crt, e.g. of a TLS-intercepting
+# proxy) are copied into docker/ca-certificates/ for the build stage when that folder has none. The
+# image's created date is the last commit's, so that rebuilding an unchanged checkout gives the same
+# image; the bhd image the tag pointed to before, left untagged by a rebuild, is removed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 variant=${1:-cuda}
@@ -18,8 +23,14 @@ case "$variant" in
     cpu) tag=bhd:$version-cpu ;;
     *) echo "build.sh: variant is cuda or cpu" >&2; exit 1 ;;
 esac
+if ! compgen -G "docker/ca-certificates/*.crt" >/dev/null && compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+    echo "build.sh: copying this host's extra CA certificates to docker/ca-certificates/ (TLS-intercepting proxy)"
+    cp /usr/local/share/ca-certificates/*.crt docker/ca-certificates/
+fi
 revision=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+created=$(TZ=UTC git log -1 --format=%cd --date=format-local:%Y-%m-%dT%H:%M:%SZ 2>/dev/null || echo unknown)
 if [ -n "$(git status --porcelain -- bhd_app setup.cfg pyproject.toml 2>/dev/null)" ]; then revision=$revision-dirty; fi
+previous=$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)
 network=()
 [ -n "${DOCKER_BUILD_NETWORK:-}" ] && network=(--network "$DOCKER_BUILD_NETWORK")
 set -x
@@ -28,6 +39,10 @@ docker build "${network[@]}" \
     --build-arg TORCH_VARIANT="$variant" \
     --build-arg BHD_VERSION="$version" \
     --build-arg BHD_IMAGE_TAG="$tag" \
-    --build-arg BUILD_DATE="$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+    --build-arg BUILD_DATE="$created" \
     --build-arg VCS_REF="$revision" \
     -t "$tag" "$@" .
+set +x
+if [ -n "$previous" ] && [ -z "$(docker image inspect -f '{{.RepoTags}}' "$previous" 2>/dev/null | tr -d '[]')" ]; then
+    docker image rm "$previous" >/dev/null 2>&1 && echo "build.sh: removed the previous, now untagged $tag ($previous)" || true
+fi

@@ -12,15 +12,17 @@
 # filtered to match, so that the BIDS validator passes and concurrent regenerations do not interfere.
 #
 # Environment: IMAGE (default bhd:<version>-cpu), SMOKE_DIR (outputs; default a new /tmp/bhd-smoke.*),
-# SMOKE_UID (default 1234:1234), SMOKE_SUBJECT, SMOKE_SESSIONS, SMOKE_ARGS (extra bhd-app participant
-# options, e.g. "--method histmatch"), SKIP_BUILD. Needs a docker daemon and the base image (docker/make_base_image.sh) and, to build the
-# CPU variant, torch's CPU wheel in docker/wheels/ (copied from pip's find-links when found there).
+# SMOKE_UID (the user the run plays when started as root; default 1234:1234), SMOKE_SUBJECT, SMOKE_SESSIONS, SMOKE_ARGS (extra bhd-app participant
+# options, e.g. "--method histmatch"), SKIP_BUILD. Needs a docker daemon, the base image
+# (docker/make_base_image.sh) and, to build the CPU variant, torch's CPU wheel in docker/wheels/ (copied
+# from pip's find-links when found there). The host's python3 needs only its standard library.
+# It also checks that the image does not run as root by default.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 version=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' bhd_app/__init__.py)
 IMAGE=${IMAGE:-bhd:$version-cpu}
-SMOKE_UID=${SMOKE_UID:-1234:1234}
+if [ "$(id -u)" = 0 ]; then SMOKE_UID=${SMOKE_UID:-1234:1234}; else SMOKE_UID="$(id -u):$(id -g)"; fi
 SMOKE_SUBJECT=${SMOKE_SUBJECT:-02}
 SMOKE_SESSIONS=${SMOKE_SESSIONS:-vida}
 SMOKE_LABELS="--participant-label $SMOKE_SUBJECT --session-label $SMOKE_SESSIONS"
@@ -46,10 +48,6 @@ if [ -z "${SKIP_BUILD:-}" ]; then
             done
         done
     fi
-    if ! compgen -G "docker/ca-certificates/*.crt" >/dev/null && compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
-        echo "copying this host's extra CA certificates to docker/ca-certificates/ (TLS-intercepting proxy)"
-        cp /usr/local/share/ca-certificates/*.crt docker/ca-certificates/
-    fi
     say "build $IMAGE"
     t0=$(now)
     docker/build.sh cpu -t "$IMAGE"
@@ -59,9 +57,16 @@ size_bytes=$(docker image inspect -f '{{.Size}}' "$IMAGE")
 size=$(python3 -c "import sys; print(f'{int(sys.argv[1]) / 1e9:.2f} GB')" "$size_bytes")
 container_tag=$(docker image inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$IMAGE" | sed -n 's/^BHD_CONTAINER_TAG=//p')
 
+say "default user"
+default_user=$(docker run --rm --network none --entrypoint id "$IMAGE" -u)
+[ "$default_user" != 0 ] || fail "$IMAGE runs as root by default (no USER in the Dockerfile)"
+echo "ok $IMAGE runs as uid $default_user without --user"
+
 if [ ! -f "$SOURCE/dataset_description.json" ]; then
-    say "generate $SOURCE"
-    python3 bids_examples/make_examples.py
+    # with the image's Python: the host's python3 need not have nibabel or bhd_app
+    say "generate $SOURCE (in the image)"
+    docker run --rm --network none --user "$(id -u):$(id -g)" -e HOME=/tmp -v "$REPO/bids_examples:/examples" \
+        --entrypoint python "$IMAGE" /examples/make_examples.py /examples/ds-travel
 fi
 
 SMOKE_DIR=${SMOKE_DIR:-$(mktemp -d /tmp/bhd-smoke.XXXXXX)}
@@ -89,11 +94,17 @@ for ses in sessions:
     shutil.copytree(src / subject / f"ses-{ses}", dst / subject / f"ses-{ses}")
 print(sum(1 for _ in dst.rglob("*.nii*")), "images")
 PY
-mkdir -p "$OUT" "$WORK"
-if [ "$(id -u)" = 0 ]; then chown "$SMOKE_UID" "$OUT" "$WORK"; else chmod 777 "$OUT" "$WORK"; fi
+# As README.md says: the user creates out and work, then runs the image as themself. Run as root, this
+# script plays user $SMOKE_UID, who owns $SMOKE_DIR.
+as_user() {
+    if [ "$(id -u)" = 0 ]; then setpriv --reuid "${SMOKE_UID%:*}" --regid "${SMOKE_UID#*:}" --clear-groups "$@"; else "$@"; fi
+}
+[ "$(id -u)" = 0 ] && chown "$SMOKE_UID" "$SMOKE_DIR"
+cd "$SMOKE_DIR"
+as_user mkdir -p out work
 
 run=(docker run --rm --read-only --tmpfs /tmp --network none --user "$SMOKE_UID"
-     -v "$DATASET:/data:ro" -v "$OUT:/out" -v "$WORK:/work" "$IMAGE")
+     -v "$PWD/bids:/data:ro" -v "$PWD/out:/out" -v "$PWD/work:/work" "$IMAGE")
 
 say "participant level"
 # shellcheck disable=SC2086

@@ -118,17 +118,19 @@ def test_input_checks(tmp_path):
     vol = rng.random((32, 32, 32)).astype(np.float32)
     with pytest.raises(BHDInputError, match="3D"):
         load_anatomical(_save(tmp_path, np.stack([vol, vol], axis=-1), name="four_d.nii.gz"))
-    assert load_anatomical(_save(tmp_path, vol[..., None], name="one_volume.nii.gz")).shape == (32, 32, 32)
+    assert load_anatomical(_save(tmp_path, vol[..., None], (3.0, 3.0, 3.0), "one_volume.nii.gz")).shape == (32, 32, 32)
     with pytest.raises(BHDInputError, match="all zeros"):
-        load_anatomical(_save(tmp_path, np.zeros_like(vol), name="zeros.nii.gz"))
+        load_anatomical(_save(tmp_path, np.zeros_like(vol), (3.0, 3.0, 3.0), "zeros.nii.gz"))
     with pytest.raises(BHDInputError, match="anisotropic"):
         load_anatomical(_save(tmp_path, vol, zooms=(1.0, 1.0, 6.0), name="aniso.nii.gz"))
     with pytest.raises(BHDInputError, match="not found"):
         load_anatomical(tmp_path / "missing.nii.gz")
+    with pytest.raises(BHDInputError, match=r"covers only 96 x 96 x 20 mm"):  # a 20-slice slab
+        load_anatomical(_save(tmp_path, vol[:, :, :20], (3.0, 3.0, 1.0), "slab.nii.gz"))
     with_nan = vol.copy()
     with_nan[0, 0, :4] = np.nan
     with pytest.warns(UserWarning, match="NaN"):
-        img = load_anatomical(_save(tmp_path, with_nan, name="nan.nii.gz"))
+        img = load_anatomical(_save(tmp_path, with_nan, (3.0, 3.0, 3.0), "nan.nii.gz"))
     assert np.isfinite(img.get_fdata()).all() and img.get_fdata()[0, 0, 0] == 0
 
 
@@ -172,3 +174,13 @@ def test_template_method_on_a_head(head, tmp_path):
         p = preprocess(head, tmp_path, brain_extraction="template")
     assert p.settings["brain_extraction"]["method"] == "template"
     assert p.qc["template_dice"] > 0.9 and 1.0 < p.qc["brain_volume_ml"] / 1000 < 1.9
+
+
+def test_tissue_fit_tells_brains_of_any_contrast_from_a_phantom():
+    from bhd_app.preprocessing import MIN_TISSUE_FIT, template_brain_mask_on_grid, tissue_fit
+    from bhd_app.templates import template_on_grid
+
+    t1, mask = template_on_grid(), template_brain_mask_on_grid() > 0
+    assert tissue_fit(t1, mask) > 0.9 and tissue_fit(t1.max() - t1, mask) > 0.9  # T1-like and inverted (T2-like)
+    phantom = np.random.default_rng(0).normal(1.0, 0.05, t1.shape)
+    assert tissue_fit(phantom, mask) < MIN_TISSUE_FIT

@@ -28,6 +28,8 @@ from conftest import small_dataset
 
 VIDA, BIOGRAPH, TRIO = ("02", "vida", "T1w"), ("02", "biograph", "T1w"), ("02", "trio", "T1w")
 GRID = "space-MNI152NLin2009aSym_res-1p2"
+NOT_ROOT = pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                              reason="root reads and writes whatever the permissions say")
 TIMING_KEYS = {"TimingsSeconds"}  # the only fields of the sidecars that differ between identical runs
 
 
@@ -78,10 +80,32 @@ def _damage(path: Path, damage: str) -> str:
     if damage == "anisotropic":  # 12 x 1 x 1 mm voxels (17 thick slices)
         nib.save(nib.Nifti1Image(data[::10], np.diag([12.0, 1.0, 1.0, 1.0])), path)
         return "too anisotropic"
+    if damage == "few_slices":  # 20 slices of 1 mm
+        nib.save(nib.Nifti1Image(data[:, :, 60:80], img.affine), path)
+        return "covers only"
+    if damage in ("nan_affine", "singular_affine"):  # the header's sform as written, not nibabel's repair
+        header = nib.Nifti1Header()
+        header["srow_x"], header["srow_y"] = img.affine[0], img.affine[1]
+        header["srow_z"] = [0, 0, np.nan, 0] if damage == "nan_affine" else [0, 0, 0, 0]
+        header["sform_code"], header["qform_code"] = 1, 0
+        nib.Nifti1Image(data, None, header).to_filename(path)
+        return "affine is invalid"
+    if damage == "not_nifti":
+        path.write_text("<html>404 Not Found</html>\n")
+        return "cannot be read as a NIfTI image"
+    if damage == "unreadable":
+        path.chmod(0)
+        return "Permission denied"
+    if damage == "broken_symlink":  # a git-annex file that was never fetched
+        path.unlink()
+        path.symlink_to("../../../.git/annex/objects/Xk/3m/SHA256E-s4242--0a1b.nii.gz/SHA256E-s4242--0a1b.nii.gz")
+        return "datalad get"
     raise ValueError(damage)
 
 
-@pytest.mark.parametrize("damage", ["2d", "single_slice", "all_zero", "anisotropic"])
+@pytest.mark.parametrize("damage", ["2d", "single_slice", "all_zero", "anisotropic", "few_slices", "nan_affine",
+                                    "singular_affine", "not_nifti", "broken_symlink",
+                                    pytest.param("unreadable", marks=NOT_ROOT)])
 def test_bad_image_is_one_line_error_and_crash_file(examples, tmp_path, capsys, damage):
     ds = small_dataset(examples, tmp_path / "ds", [VIDA])
     bad = _image(ds, VIDA)
@@ -140,8 +164,7 @@ def test_output_folder_that_cannot_be_created(examples, tmp_path, capsys):
     assert len(err) == 1 and str(out) in err[0] and "writable folder" in err[0], err
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
-                    reason="root writes into a chmod 0o555 folder; the case above covers the write probe")
+@NOT_ROOT  # the case above covers the write probe
 def test_read_only_output_folder(examples, tmp_path, capsys):
     ds = small_dataset(examples, tmp_path / "ds", [VIDA])
     out = tmp_path / "out"
@@ -272,7 +295,7 @@ def test_same_seed_gives_identical_derivatives(participant_run, tmp_path):
                  "--omp-nthreads", "1", "--seed", "0"])
     assert code == 0
     names = list(_derivatives(out))
-    assert len(names) == 11 and all("ses-vida" in n for n in names)
+    assert len(names) == 13 and all("ses-vida" in n for n in names)
     _same_derivatives(out, participant_run.out, names)
 
 

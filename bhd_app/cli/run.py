@@ -80,12 +80,28 @@ def temporary_dir_in(work_dir: Path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def plugin_arguments(text: str | None) -> dict:
+    """``--plugin-args`` as a dict; BHDInputError unless it is a JSON object."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise BHDInputError(f"--plugin-args {text!r}: invalid JSON ({err.msg}, column {err.colno}); give a JSON "
+                            """object, e.g. '{"n_procs": 4}'""") from None
+    if not isinstance(value, dict):
+        raise BHDInputError(f"--plugin-args {text!r}: must be a JSON object of nipype plugin arguments, "
+                            """e.g. '{"n_procs": 4}'""")
+    return value
+
+
 def run_participant(args) -> int:
     from ..bids import check_output_dir, collect_jobs, load_bids_filters, load_layout, write_dataset_description
     from ..derivatives import job_is_complete
     from ..harmonize import load_model, select_device
     from ..workflows import init_participant_wf
 
+    plugin_args = plugin_arguments(args.plugin_args)
     work_dir = args.work_dir or Path.cwd() / "work"
     check_output_dir(args.bids_dir, args.output_dir, work_dir)
     layout = load_layout(args.bids_dir, database_dir=work_dir / "pybids")
@@ -121,7 +137,6 @@ def run_participant(args) -> int:
         wf.config["execution"].update({"crashdump_dir": str(crash_dir), "crashfile_format": "txt",
                                        "stop_on_first_crash": False, "remove_unnecessary_outputs": False})
         plugin = args.plugin or ("MultiProc" if nprocs > 1 else "Linear")
-        plugin_args = json.loads(args.plugin_args) if args.plugin_args else {}
         if plugin == "MultiProc":
             plugin_args.setdefault("n_procs", nprocs)
             plugin_args.setdefault("raise_insufficient", False)
@@ -214,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     except BHDInputError as err:
         print(f"bhd-app: error: {err}", file=sys.stderr)
         return EXIT_INPUT_ERROR
+    except OSError as err:  # e.g. a disk that filled up or a folder made read-only during the run
+        where = err.filename or args.output_dir
+        print(f"bhd-app: error: {where}: {err.strerror or err}; check the free space and permissions there "
+              "and run again", file=sys.stderr)
+        return EXIT_JOBS_FAILED
 
 
 if __name__ == "__main__":

@@ -129,10 +129,14 @@ def main(argv=None) -> int:
 
 def train(args: argparse.Namespace, dist: Distributed, device: torch.device) -> int:
     """Prepare the data (rank 0; the other ranks read its cache), train, and export (rank 0)."""
-    args.run_dir.mkdir(parents=True, exist_ok=True)
-    if not dist.is_main:
-        wait_for(args.run_dir / "data.npz")
     try:
+        try:
+            args.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise BHDInputError(f"{args.run_dir}: cannot create the run folder ({err.strerror}); choose a "
+                                "writable folder") from None
+        if not dist.is_main:
+            wait_for(args.run_dir / "data.npz")
         images, masks, edges, data_desc = load_or_make_data(args)
     except BHDInputError as err:
         print(f"bhd-train: error: {err}", file=sys.stderr)
