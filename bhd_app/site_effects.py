@@ -118,7 +118,8 @@ def site_classifier(features: np.ndarray, scanners: list[str], seed: int = 0, pe
 
     Standardized features, multinomial logistic regression (scikit-learn). ``chance`` is the accuracy of
     always guessing the most common scanner; ``p`` is the permutation p-value (scanners shuffled).
-    Lower accuracy after harmonization is better. NaN with fewer than two scanners or three images.
+    Lower accuracy after harmonization is better. A scanner with one image can never be predicted (it is
+    missing from the training fold). NaN where a training fold would hold one scanner only.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import LeaveOneOut, permutation_test_score
@@ -129,7 +130,8 @@ def site_classifier(features: np.ndarray, scanners: list[str], seed: int = 0, pe
     counts = np.unique(y, return_counts=True)[1]
     out = {"n_images": len(y), "n_scanners": len(counts), "chance": float(counts.max() / len(y)) if len(y) else np.nan,
            "cv": "leave-one-out", "accuracy": np.nan, "p": np.nan}
-    if len(counts) < 2 or len(y) < 3:
+    # Every training fold (one image left out) must still hold two scanners.
+    if len(counts) < 2 or len(y) < 3 or (len(counts) == 2 and counts.min() < 2):
         return out
     model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
     accuracy, _, p = permutation_test_score(model, np.asarray(features, np.float64), y, cv=LeaveOneOut(),

@@ -183,3 +183,35 @@ def test_methods_text_names_the_settings_the_model_and_the_references():
     assert "midpoint solver, 2 steps" in text and "N4" in text and "deepbet" in text
     for ref in ("Jeong H, Lee H, Chun SY, Lee J", "Avants", "Gorgolewski", "Yarkoni", "Fisch"):
         assert ref in text
+
+
+@pytest.mark.slow
+def test_samples_4_writes_an_uncertainty_map_the_report_shows(examples, tmp_path):
+    """One real job with --samples 4: the desc-uncertainty derivative, its sidecar, the report, the validator."""
+    import json
+
+    import nibabel as nib
+
+    from bhd_app.bids import BIDSValidatorMissing, run_bids_validator
+    from conftest import small_dataset
+
+    ds = small_dataset(examples, tmp_path / "ds", [("03", "sonata", "T1w")])
+    out = tmp_path / "out"
+    assert main([str(ds), str(out), "participant", "-w", str(tmp_path / "w"), "--skip-bids-validation",
+                 "--nprocs", "1", "--samples", "4"]) == 0
+    anat = out / "sub-03" / "ses-sonata" / "anat"
+    path = anat / "sub-03_ses-sonata_space-MNI152NLin2009aSym_res-1p2_desc-uncertainty_T1w.nii.gz"
+    sd = np.asarray(nib.load(path).dataobj)
+    mask = np.asarray(nib.load(anat / "sub-03_ses-sonata_space-MNI152NLin2009aSym_res-1p2_desc-brain_mask.nii.gz")
+                      .dataobj) > 0
+    assert (sd[~mask] == 0).all() and sd[mask].mean() > 0
+    side = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
+    assert "standard deviation over the 4" in side["Description"] and side["Harmonization"]["samples"] == 4
+    report = (out / "sub-03_ses-sonata_T1w.html").read_text()
+    assert "Uncertainty map" in report and "The model is least sure around" in report
+    assert "4 averaged draws" in (out / "logs" / "CITATION.md").read_text()
+    try:
+        ok, summary = run_bids_validator(out)
+    except BIDSValidatorMissing:
+        return
+    assert ok, summary
