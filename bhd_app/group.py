@@ -169,7 +169,7 @@ def downstream_tables(records: list[dict], measured: dict[str, list[dict]], part
     from scipy import stats
 
     from .site_effects import (TISSUES, apply_transform, rigid_transform, scanner_effect, site_classifier,
-                               tissue_volumes, traveling_agreement)
+                               traveling_agreement)
 
     scanners, subjects = [r["scanner"] for r in records], [r["subject"] for r in records]
     tables: dict[str, list[dict]] = {k: [] for k in ("volumes", "scanner_means", "site_effects", "classifier",
@@ -202,11 +202,13 @@ def downstream_tables(records: list[dict], measured: dict[str, list[dict]], part
         for c, entries in measured.items():
             moved = apply_transform(entries[i]["image"], entries[j]["image"], transforms)
             psnr, ssim = traveling_agreement(entries[i]["image"], moved, overlap)
-            a, b = tissue_volumes(entries[i]["labels"]), tissue_volumes(entries[j]["labels"])
+            a, b = entries[i]["volumes"], entries[j]["volumes"]
             tables["traveling"].append({"subject": records[i]["subject"], "job_a": records[i]["job"],
                                         "job_b": records[j]["job"], "scanner_a": records[i]["scanner"],
                                         "scanner_b": records[j]["scanner"], "condition": c, "psnr_dB": psnr,
                                         "ssim": ssim, **{f"abs_d{t}_mL": abs(a[t] - b[t]) for t in TISSUES}})
+        for f in transforms:  # ANTs wrote them to the temp folder
+            Path(f).unlink(missing_ok=True)
     return tables
 
 

@@ -52,7 +52,7 @@ def test_image_features_see_a_contrast_change(small_subject):
 def test_scanner_effect_is_large_for_a_scanner_offset_and_small_for_noise():
     rng = np.random.default_rng(0)
     scanners = ["a"] * 4 + ["b"] * 4
-    offset = site_effects.scanner_effect(list(rng.normal(0, 1, 8) + [0] * 4 + [10] * 4), scanners)
+    offset = site_effects.scanner_effect(list(rng.normal(0, 1, 8) + np.repeat([0.0, 10.0], 4)), scanners)
     assert offset["eta2"] > 0.9 and offset["p"] < 1e-3
     noise = site_effects.scanner_effect(list(rng.normal(0, 1, 8)), scanners)
     assert noise["eta2"] < offset["eta2"] and noise["p"] > offset["p"]
