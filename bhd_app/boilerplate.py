@@ -33,8 +33,8 @@ def methods_text(settings_by_suffix: dict[str, dict], model_name: str | None, mo
     ``settings_by_suffix``: the harmonization settings per input contrast (``HarmonizationSettings.to_dict()``).
     """
     v = versions
-    steps = (f"Each anatomical image was corrected for intensity non-uniformity with N4 [n4] (ANTs {v.get('antspyx', '?')} "
-             "through antspyx), skull-stripped "
+    steps = (f"Each anatomical image was corrected for intensity non-uniformity with N4 [n4] (ANTs through antspyx "
+             f"{v.get('antspyx', '?')}), skull-stripped "
              + {"auto": f"with deepbet [deepbet] (T1w heads; {v.get('deepbet', '?')}) or by the non-zero voxels of "
                         "already skull-stripped inputs, with a template-based fallback",
                 "deepbet": f"with deepbet [deepbet] ({v.get('deepbet', '?')})",
@@ -51,9 +51,11 @@ def methods_text(settings_by_suffix: dict[str, dict], model_name: str | None, mo
             parts.append(
                 f"{suffix} images were then {what} with BlindHarmonyDiff [bhd]: the 3D Canny edge map of the image "
                 f"conditioned a rectified-flow edge-to-image model integrated over the whole volume "
-                f"({s['solver']} solver, {s['steps']} steps, start time {s['start_time']:g} from the "
-                f"{'noised histogram-matched' if s['start_from'] == 'histmatch' else 'noised'} image, "
-                f"{s['samples']} averaged draw{'s' if s['samples'] != 1 else ''}"
+                f"({s['solver']} solver, {s['steps']} steps, "
+                + ("from pure noise" if s["start_time"] == 0 else
+                   f"starting at t0 = {s['start_time']:g} from the noised "
+                   f"{'histogram-matched source' if s['start_from'] == 'histmatch' else 'source'}")
+                + ", " + ("a single draw" if s["samples"] == 1 else f"{s['samples']} averaged draws")
                 + (", whose per-voxel standard deviation is given as an uncertainty map" if s["samples"] > 1 else "")
                 + "), followed by "
                 + ("no refinement" if s["refinement"] == "none" else
