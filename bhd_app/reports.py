@@ -110,7 +110,9 @@ def _downstream_figures(tables: dict[str, list[dict]], conditions: list[str]) ->
         _grouped_bars(axes[0], tables["site_effects"], "tissue", "eta2", conditions)
         axes[0].set_ylabel("eta-squared of scanner")
         axes[0].legend(fontsize=8)
-        _grouped_bars(axes[1], tables["classifier"], "condition", "accuracy", conditions)
+        rows = tables["classifier"]
+        axes[1].bar(range(len(rows)), [r["accuracy"] for r in rows], color=[_color(r["condition"]) for r in rows])
+        axes[1].set_xticks(range(len(rows)), [r["condition"] for r in rows], fontsize=8)
         chance = tables["classifier"][0]["chance"]
         axes[1].axhline(chance, color="k", ls="--", lw=1, label=f"chance {chance:.2f}")
         axes[1].set_ylim(0, 1)
