@@ -37,7 +37,7 @@ DATASET_NAME = "bhd: BlindHarmonyDiff harmonized anatomical MRI"
 CONTAINER_TAG_ENV = "BHD_CONTAINER_TAG"
 # Patterns for files outside the BIDS specification. The deno validator does not honour a
 # trailing slash (bids-standard/bids-validator#291), so folders are listed without one.
-BIDSIGNORE = ("*_xfm.*", "*.html", "figures", "logs")
+BIDSIGNORE = ("*_xfm.*", "*.html", "figures", "logs", "group_*")
 
 ANAT_EXTENSIONS = [".nii", ".nii.gz"]
 SUFFIXES = ("T1w", "T2w")

@@ -58,8 +58,15 @@ def job_is_complete(out_dir: Path, job: Job) -> bool:
     return all(p.exists() for p in needed)
 
 
+def uncertainty_path(out_dir: Path, job: Job) -> Path:
+    """The uncertainty map's name (written only with ``samples`` > 1, so not one of ``output_paths``)."""
+    return derivative_path(out_dir, job, space=TEMPLATE_SPACE, res=RESOLUTION_LABEL, desc="uncertainty",
+                           suffix="T1w", extension=".nii.gz")
+
+
 def _report(job: Job, preproc_file: str, mask_file: str, edges_file: str, generated_file: str,
-            harmonized_file: str, timings: dict, harmonization: dict, preprocessing: dict) -> str:
+            harmonized_file: str, timings: dict, harmonization: dict, preprocessing: dict,
+            uncertainty_file: str = "") -> str:
     import nibabel as nib
     import numpy as np
 
@@ -83,7 +90,9 @@ def _report(job: Job, preproc_file: str, mask_file: str, edges_file: str, genera
              **{f"setting: {k}": v for k, v in harmonization.items()},
              "software": software_versions()}
     return participant_report_html(f"bhd: {job.name}", load(job.path), preproc, mask, template_on_grid(),
-                                   load(edges_file), load(generated_file), harmonized, facts)
+                                   load(edges_file), load(generated_file), harmonized, facts,
+                                   load(uncertainty_file) if uncertainty_file else None,
+                                   nib.load(preproc_file).affine)
 
 
 def job_from_json(text: str) -> Job:
@@ -94,14 +103,17 @@ def job_from_json(text: str) -> Job:
 def write_job_derivatives(job_json: str, out_dir: str, bids_dir: str, settings: dict, preproc_file: str,
                           mask_file: str, xfm_file: str, preproc_info: str, harmonized_file: str,
                           generated_file: str, edges_file: str, harmonization_info: str, native_file: str,
-                          native_mask_file: str) -> str:
+                          native_mask_file: str, uncertainty_file: str = "") -> str:
     """Copy a job's results into the derivatives dataset with their sidecars and the job's HTML report.
 
+    With several averaged draws, ``uncertainty_file`` (their per-voxel standard deviation) is written too.
     Returns the harmonized image's path.
     """
     job = job_from_json(job_json)
     out_dir = Path(out_dir)
     paths = output_paths(out_dir, job)
+    if uncertainty_file:
+        paths["uncertainty"] = uncertainty_path(out_dir, job)
     pre = json.loads(Path(preproc_info).read_text())
     har = json.loads(Path(harmonization_info).read_text())
     source = bids_uri(job.path, bids_dir)
@@ -137,12 +149,19 @@ def write_job_derivatives(job_json: str, out_dir: str, bids_dir: str, settings: 
                                            "Description": "Brain mask on the input's native grid (the brain "
                                                           "extraction of bhd preprocessing)"}),
     }
+    if uncertainty_file:
+        contents["uncertainty"] = (uncertainty_file, {
+            **grid_fields, **common, "Sources": [bids_uri(paths["preproc"], out_dir)],
+            "Description": f"Per-voxel standard deviation over the {settings.get('samples')} edge-to-image draws "
+                           "averaged before the refinement (normalized intensity units, 0 outside the brain): "
+                           "where the model is unsure of the harmonized intensity",
+            "Units": "arbitrary", "Harmonization": harmonization})
     staged: list[tuple[Path, Path]] = []
     report = out_dir / f"{job.name}.html"
     report_tmp = report.with_name(f".{report.name}.tmp")
     report_tmp.write_text(_report(job, preproc_file, mask_file, edges_file, generated_file, harmonized_file,
                                   {**pre["timings"], "harmonization": har["seconds"]}, harmonization,
-                                  pre["settings"]))
+                                  pre["settings"], uncertainty_file))
     staged.append((report_tmp, report))
     for role, (src, sidecar) in contents.items():
         final = paths[role]

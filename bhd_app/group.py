@@ -1,12 +1,18 @@
 """The group level: the site effect before and after harmonization, across participants.
 
-For every complete job of the derivatives, the brain intensity distribution of
-the preprocessed image (before) and of the harmonized image (after) is
-summarized by percentiles and grouped by scanner (the input sidecar's
-Manufacturer, ManufacturersModelName, MagneticFieldStrength and the contrast).
-Site separability is the Wasserstein-1 distance between the pooled intensity
-distributions of every pair of scanners, averaged over pairs: it should shrink
-after harmonization. Writes ``group_bhd.tsv`` and ``group_report.html``.
+For every complete job of the derivatives, three versions of the image are compared: the
+preprocessed image (``before``), the harmonized image of the method that was run, and histogram
+matching computed here from the same preprocessed image and the model's target histogram (the
+one-line alternative every harmonization must beat). Images are grouped by scanner (the input
+sidecar's Manufacturer, ManufacturersModelName, MagneticFieldStrength and the contrast).
+
+Measured per version (``site_effects``): tissue volumes from an Atropos segmentation and the
+scanner's effect on them (ANOVA, eta-squared); a cross-validated site classifier against chance;
+for subjects seen on several scanners, the agreement of their sessions after rigid registration;
+with ``age`` in participants.tsv, the correlation of the volumes with age (biology kept). Also the
+mean pairwise Wasserstein-1 distance of the scanners' intensity histograms (which histogram
+matching drives to zero by construction, so it says little). Writes ``group_*.tsv`` and
+``group_report.html``.
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ def _source_metadata(bids_dir: Path, sources: list[str]) -> tuple[dict, str]:
 
 
 def collect_results(bids_dir: Path, out_dir: Path) -> list[dict]:
-    """One record per complete job: identity, scanner and the brain intensities before and after.
+    """One record per complete job: identity, scanner, its files and the brain intensities before and after.
 
     A job whose derivatives cannot be read is left out with a one-line warning.
     """
@@ -84,8 +90,13 @@ def _job_record(bids_dir: Path, side: Path) -> dict | None:
     mask = np.asarray(nib.load(mask_files[0]).dataobj) > 0
     before = np.asarray(nib.load(preproc_files[0]).dataobj, dtype=np.float32)[mask]
     after = np.asarray(nib.load(harmonized).dataobj, dtype=np.float32)[mask]
-    return {"job": stem, "scanner": _scanner(meta, suffix), "suffix": suffix,
-            "method": info.get("Harmonization", {}).get("method", ""), "before": before, "after": after}
+    entities = dict(part.split("-", 1) for part in stem.split("_") if "-" in part)
+    return {"job": stem, "subject": entities.get("sub", ""), "session": entities.get("ses", ""),
+            "scanner": _scanner(meta, suffix), "suffix": suffix,
+            "method": info.get("Harmonization", {}).get("method", ""),
+            "model_sha256": info.get("Harmonization", {}).get("ModelSHA256"),
+            "files": {"preproc": preproc_files[0], "mask": mask_files[0], "harmonized": harmonized},
+            "before": before, "after": after}
 
 
 def _quantiles(values: np.ndarray) -> np.ndarray:
@@ -127,8 +138,133 @@ def group_tsv(records: list[dict]) -> str:
     return f.getvalue()
 
 
-def run_group_level(bids_dir: Path, out_dir: Path) -> int:
-    """Gather the participant results into the group TSV and HTML report."""
+def read_participants(bids_dir: Path) -> dict[str, dict]:
+    """participants.tsv as {subject label (no 'sub-'): {'age': float or None, 'sex': str or None}}; {} if absent."""
+    path = Path(bids_dir) / "participants.tsv"
+    if not path.is_file():
+        return {}
+    out = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            label = str(row.get("participant_id", "")).removeprefix("sub-")
+            try:
+                age = float(row.get("age", ""))
+            except ValueError:
+                age = None
+            out[label] = {"age": age, "sex": (row.get("sex") or "").strip() or None}
+    return out
+
+
+def conditions(method: str) -> list[str]:
+    """The image versions compared: before, the method that was run, and histogram matching beside it."""
+    return ["before"] + [m for m in dict.fromkeys((method, "histmatch")) if m not in ("", "none")]
+
+
+def _load(path: Path) -> np.ndarray:
+    return np.asarray(nib.load(path).dataobj, dtype=np.float32)
+
+
+def measure_images(records: list[dict], target_quantiles: np.ndarray) -> dict[str, list[dict]]:
+    """Segment every version of every image; per condition, one entry per record (same order).
+
+    Each entry holds the image (D, H, W), the brain mask, the tissue labels, the volumes and the features.
+    """
+    from .baselines import histogram_matching
+    from .site_effects import image_features, segment, tissue_volumes
+
+    names = conditions(records[0]["method"])
+    out: dict[str, list[dict]] = {c: [] for c in names}
+    for r in records:
+        preproc, mask = _load(r["files"]["preproc"]), _load(r["files"]["mask"]) > 0
+        images = {"before": preproc, "histmatch": histogram_matching(preproc, mask, target_quantiles)}
+        images[r["method"]] = _load(r["files"]["harmonized"])
+        for c in names:
+            labels = segment(images[c], mask)
+            out[c].append({"image": images[c], "mask": mask, "labels": labels, "volumes": tissue_volumes(labels),
+                           "features": image_features(images[c], labels)})
+    return out
+
+
+def traveling_pairs(records: list[dict]) -> list[tuple[int, int]]:
+    """Index pairs (i, j), i < j, of the same subject's images on two different scanners."""
+    return [(i, j) for i, j in itertools.combinations(range(len(records)), 2)
+            if records[i]["subject"] == records[j]["subject"] and records[i]["scanner"] != records[j]["scanner"]]
+
+
+def downstream_tables(records: list[dict], measured: dict[str, list[dict]], participants: dict) -> dict[str, list[dict]]:
+    """The group tables (name -> rows) of tissue volumes, scanner effects, site classifier, travelers, age."""
+    from scipy import stats
+
+    from .site_effects import (TISSUES, apply_transform, rigid_transform, scanner_effect, site_classifier,
+                               traveling_agreement)
+
+    scanners, subjects = [r["scanner"] for r in records], [r["subject"] for r in records]
+    tables: dict[str, list[dict]] = {k: [] for k in ("volumes", "scanner_means", "site_effects", "classifier",
+                                                      "traveling", "age")}
+    for c, entries in measured.items():
+        for r, e in zip(records, entries):
+            tables["volumes"].append({"job": r["job"], "subject": r["subject"], "session": r["session"],
+                                      "scanner": r["scanner"], "condition": c,
+                                      **{f"{t}_mL": e["volumes"][t] for t in TISSUES}})
+        for scanner in sorted(set(scanners)):
+            rows = [e["volumes"] for e, s in zip(entries, scanners) if s == scanner]
+            tables["scanner_means"].append({"condition": c, "scanner": scanner, "n_images": len(rows),
+                                            **{f"{t}_mL": np.mean([v[t] for v in rows]) for t in TISSUES}})
+        for t in TISSUES:
+            effect = scanner_effect([e["volumes"][t] for e in entries], scanners, subjects)
+            tables["site_effects"].append({"condition": c, "tissue": t, **effect})
+        result = site_classifier(np.stack([e["features"] for e in entries]), scanners)
+        tables["classifier"].append({"condition": c, **result})
+        ages = [participants.get(s, {}).get("age") for s in subjects]
+        if all(a is not None for a in ages) and len(set(ages)) >= 2 and len(ages) >= 3:
+            for t in TISSUES:
+                r_age, p_age = stats.pearsonr(ages, [e["volumes"][t] for e in entries])
+                tables["age"].append({"condition": c, "tissue": t, "r": r_age, "p": p_age, "n_images": len(ages)})
+    for i, j in traveling_pairs(records):
+        before = measured["before"]
+        # One rigid transform per pair, from the preprocessed images, moves every version of image j.
+        transforms = rigid_transform(before[i]["image"], before[j]["image"])
+        moved_mask = apply_transform(before[i]["image"], before[j]["mask"], transforms, nearest=True) > 0.5
+        overlap = before[i]["mask"] & moved_mask
+        for c, entries in measured.items():
+            moved = apply_transform(entries[i]["image"], entries[j]["image"], transforms)
+            psnr, ssim = traveling_agreement(entries[i]["image"], moved, overlap)
+            a, b = entries[i]["volumes"], entries[j]["volumes"]
+            tables["traveling"].append({"subject": records[i]["subject"], "job_a": records[i]["job"],
+                                        "job_b": records[j]["job"], "scanner_a": records[i]["scanner"],
+                                        "scanner_b": records[j]["scanner"], "condition": c, "psnr_dB": psnr,
+                                        "ssim": ssim, **{f"abs_d{t}_mL": abs(a[t] - b[t]) for t in TISSUES}})
+        for f in transforms:  # ANTs wrote them to the temp folder
+            Path(f).unlink(missing_ok=True)
+    return tables
+
+
+def tsv_text(rows: list[dict]) -> str:
+    """A list of dicts as TSV text (floats with 4 decimals); an empty table is an empty text."""
+    if not rows:
+        return ""
+    out = io.StringIO()
+    w = csv.DictWriter(out, fieldnames=list(rows[0]), delimiter="\t", lineterminator="\n")
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
+    return out.getvalue()
+
+
+def _target_quantiles(records: list[dict], model_path: Path | None) -> np.ndarray:
+    """The model's target histogram (for histogram matching); the model must be the one the jobs used."""
+    from .harmonize import load_model
+
+    model = load_model(model_path, "cpu")
+    used = {r["model_sha256"] for r in records if r["model_sha256"]}
+    if used and used != {model.sha256}:
+        raise BHDInputError(f"the participant jobs used model sha256 {sorted(used)[0][:12]}..., not {model.path.name} "
+                            f"({model.sha256[:12]}...); pass the same --model to the group level")
+    return model.target_quantiles
+
+
+def run_group_level(bids_dir: Path, out_dir: Path, model_path: Path | None = None) -> int:
+    """Gather the participant results into the group TSVs and HTML report."""
     from .reports import group_report_html
 
     if not out_dir.exists():
@@ -137,14 +273,22 @@ def run_group_level(bids_dir: Path, out_dir: Path) -> int:
     if not records:
         raise BHDInputError(f"{out_dir}: no complete participant results found; run the participant level first")
     before, after = site_separability(records, "before"), site_separability(records, "after")
-    html = group_report_html(records, before, after, failed_jobs(out_dir))
+    measured = measure_images(records, _target_quantiles(records, model_path))
+    tables = downstream_tables(records, measured, read_participants(Path(bids_dir)))
+    html = group_report_html(records, before, after, failed_jobs(out_dir), tables)
+    texts = {out_dir / "group_bhd.tsv": group_tsv(records), out_dir / "group_report.html": html}
+    texts |= {out_dir / f"group_{name}.tsv": tsv_text(rows) for name, rows in tables.items()}
     try:
-        atomic_write_texts({out_dir / "group_bhd.tsv": group_tsv(records), out_dir / "group_report.html": html})
+        atomic_write_texts(texts)
     except OSError as err:
         raise BHDInputError(f"{out_dir}: cannot write the group outputs ({err.strerror or err}); make the "
                             "output folder writable (and not full) and run the group level again") from None
     scanners = len({r["scanner"] for r in records})
     summary = (f"site separability (mean pairwise W1) before {before:.4f}, after {after:.4f}" if scanners > 1
                else "site separability needs two scanners or more")
-    print(f"bhd group: {len(records)} jobs, {scanners} scanner(s); {summary}")
+    print(f"bhd group: {len(records)} jobs, {scanners} scanner(s), {len(traveling_pairs(records))} traveling "
+          f"pair(s); {summary}")
+    for row in tables["classifier"]:
+        print(f"bhd group: site classifier on {row['condition']}: accuracy {row['accuracy']:.2f} "
+              f"(chance {row['chance']:.2f})")
     return 0

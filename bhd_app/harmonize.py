@@ -155,7 +155,8 @@ def harmonize(model: HarmonizationModel, source: np.ndarray, mask: np.ndarray,
     section 3.2), e.g. by random edges for Table S3's unconditional variant.
 
     Returns the edge map, the edge-to-image output (``generated``), the refined image
-    (``harmonized``) and the refinement's similarity history.
+    (``harmonized``), the refinement's similarity history and ``uncertainty``: the per-voxel
+    standard deviation over the draws (D, H, W), zero outside the mask; None when ``samples`` is 1.
     """
     s = replace(settings, **overrides)
     if s.refine_reference not in ("source", "histmatch"):
@@ -170,8 +171,12 @@ def harmonize(model: HarmonizationModel, source: np.ndarray, mask: np.ndarray,
                       start_image=start_image, seed=s.seed + k) for k in range(s.samples)]
     generated = draws[0] if s.samples == 1 else np.mean(draws, axis=0, dtype=np.float32)
     generated[mask == 0] = 0
+    uncertainty = None if s.samples == 1 else np.std(draws, axis=0, dtype=np.float32)
+    if uncertainty is not None:
+        uncertainty[mask == 0] = 0
     reference = matched if s.refine_reference == "histmatch" else source
     harmonized, history = refine(generated, reference, mask, s.refinement, s.refine_step, s.refine_iterations,
                                  s.refine_region, s.refine_step_rule, s.split_sigma)
     harmonized[mask == 0] = 0
-    return {"edge_map": edge_map, "generated": generated, "harmonized": harmonized, "refinement_history": history}
+    return {"edge_map": edge_map, "generated": generated, "harmonized": harmonized, "refinement_history": history,
+            "uncertainty": uncertainty}

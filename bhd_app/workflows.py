@@ -95,10 +95,12 @@ def run_harmonization(preproc_file: str, mask_file: str, settings: dict, device:
         else:
             out = source.copy()
         result = {"edge_map": edge_map, "generated": out, "harmonized": out, "refinement_history": []}
-    files = {}
-    for key, dtype in (("harmonized", "float32"), ("generated", "float32"), ("edge_map", "uint8")):
-        files[key] = os.path.join(cwd, f"{key}.nii.gz")
-        save_nifti(result[key], img.affine, files[key], dtype)
+    files = {"uncertainty": ""}  # written only when several draws were averaged
+    for key, dtype in (("harmonized", "float32"), ("generated", "float32"), ("edge_map", "uint8"),
+                       ("uncertainty", "float32")):
+        if result.get(key) is not None:
+            files[key] = os.path.join(cwd, f"{key}.nii.gz")
+            save_nifti(result[key], img.affine, files[key], dtype)
     info = {"model_file": str(model.path) if model else None, "model_sha256": model.sha256 if model else None,
             "device": str(model.device) if model else "cpu",
             "refinement_history": [round(v, 5) for v in result["refinement_history"]],
@@ -108,7 +110,7 @@ def run_harmonization(preproc_file: str, mask_file: str, settings: dict, device:
     files["info"] = os.path.join(cwd, "harmonization.json")
     with open(files["info"], "w") as f:
         json.dump(info, f, indent=2)
-    return files["harmonized"], files["generated"], files["edge_map"], files["info"]
+    return files["harmonized"], files["generated"], files["edge_map"], files["info"], files["uncertainty"]
 
 
 def run_to_native(grid_file: str, xfm_file: str, in_file: str):
@@ -128,13 +130,14 @@ def run_to_native(grid_file: str, xfm_file: str, in_file: str):
 
 def run_derivatives(job_json: str, out_dir: str, bids_dir: str, settings: dict, preproc_file: str,
                     mask_file: str, xfm_file: str, preproc_info: str, harmonized_file: str, generated_file: str,
-                    edges_file: str, harmonization_info: str, native_file: str, native_mask_file: str):
+                    edges_file: str, harmonization_info: str, native_file: str, native_mask_file: str,
+                    uncertainty_file: str = ""):
     """Node: write this job's BIDS derivatives (atomically) and return the path of the main output."""
     from bhd_app.derivatives import write_job_derivatives
 
     return write_job_derivatives(job_json, out_dir, bids_dir, settings, preproc_file, mask_file, xfm_file,
                                  preproc_info, harmonized_file, generated_file, edges_file, harmonization_info,
-                                 native_file, native_mask_file)
+                                 native_file, native_mask_file, uncertainty_file)
 
 
 def _node(function, inputs: list[str], outputs: list[str], name: str, **values) -> pe.Node:
@@ -161,7 +164,7 @@ def init_job_wf(job: Job, out_dir: Path, bids_dir: Path, settings: dict, device:
                 in_file=str(job.path), contrast=job.suffix, brain_extraction=settings.get("brain_extraction", "auto"),
                 seed=settings.get("seed", 0), omp_nthreads=omp_nthreads)
     har = _node(run_harmonization, ["preproc_file", "mask_file", "settings", "device", "omp_nthreads"],
-                ["harmonized_file", "generated_file", "edges_file", "info_file"], "harmonize",
+                ["harmonized_file", "generated_file", "edges_file", "info_file", "uncertainty_file"], "harmonize",
                 settings=settings, device=device, omp_nthreads=omp_nthreads)
     nat = _node(run_to_native, ["grid_file", "xfm_file", "in_file"], ["out_file"], "to_native",
                 in_file=str(job.path))
@@ -169,7 +172,8 @@ def init_job_wf(job: Job, out_dir: Path, bids_dir: Path, settings: dict, device:
                            "path": str(job.path), "entities": job.entities, "metadata": job.metadata}, default=str)
     out = _node(run_derivatives, ["job_json", "out_dir", "bids_dir", "settings", "preproc_file", "mask_file",
                                   "xfm_file", "preproc_info", "harmonized_file", "generated_file", "edges_file",
-                                  "harmonization_info", "native_file", "native_mask_file"], ["out_file"],
+                                  "harmonization_info", "native_file", "native_mask_file", "uncertainty_file"],
+                ["out_file"],
                 "derivatives",
                 job_json=job_json, out_dir=str(out_dir), bids_dir=str(bids_dir), settings=settings)
     out.overwrite = True  # cheap, and it must follow the current code and output folder even when cached
@@ -180,7 +184,7 @@ def init_job_wf(job: Job, out_dir: Path, bids_dir: Path, settings: dict, device:
         (pre, out, [("preproc_file", "preproc_file"), ("mask_file", "mask_file"), ("xfm_file", "xfm_file"),
                     ("info_file", "preproc_info"), ("native_mask_file", "native_mask_file")]),
         (har, out, [("harmonized_file", "harmonized_file"), ("generated_file", "generated_file"),
-                    ("edges_file", "edges_file"),
+                    ("edges_file", "edges_file"), ("uncertainty_file", "uncertainty_file"),
                     ("info_file", "harmonization_info")]),
         (nat, out, [("out_file", "native_file")]),
     ])

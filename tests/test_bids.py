@@ -319,7 +319,7 @@ def test_dataset_description(tmp_path, session_ds, monkeypatch):
     assert desc["DatasetLinks"] == {"raw": session_ds.resolve().as_uri()}
     assert desc["License"] == "CC BY-SA 3.0"
     ignore = (out / ".bidsignore").read_text().splitlines()
-    assert ignore == ["*_xfm.*", "*.html", "figures", "logs"]
+    assert ignore == ["*_xfm.*", "*.html", "figures", "logs", "group_*"]
 
     def state():
         return [(p.read_bytes(), p.stat().st_ino) for p in (path, out / ".bidsignore")]

@@ -193,6 +193,11 @@ def test_samples_average_the_draws_of_consecutive_seeds(small_subject):
     np.testing.assert_allclose(out["generated"], expected, atol=1e-6)
     single = harmonize(model, source, mask, steps=2, start_time=0.7, start_from="source", refinement="none", seed=5)
     assert np.abs(single["generated"] - out["generated"]).max() > 0.01
+    # The uncertainty map is the per-voxel standard deviation of those draws, zero outside the brain.
+    spread = np.std(draws, axis=0)
+    spread[mask == 0] = 0
+    np.testing.assert_allclose(out["uncertainty"], spread, atol=1e-6)
+    assert single["uncertainty"] is None
 
 
 def test_refinement_towards_the_histogram_matched_source(small_subject):

@@ -96,9 +96,11 @@ def plugin_arguments(text: str | None) -> dict:
 
 
 def run_participant(args) -> int:
+    from ..boilerplate import write_methods
     from ..bids import check_output_dir, collect_jobs, load_bids_filters, load_layout, write_dataset_description
     from ..derivatives import job_is_complete
     from ..harmonize import load_model, select_device
+    from ..progress import JobProgress
     from ..workflows import init_participant_wf
 
     plugin_args = plugin_arguments(args.plugin_args)
@@ -126,6 +128,8 @@ def run_participant(args) -> int:
     crash_dir = args.output_dir / "logs"
     todo, failed = check_inputs(todo, crash_dir)
     write_dataset_description(args.output_dir, args.bids_dir, __version__)
+    write_methods(args.output_dir, {s: harmonization_settings(args, s).to_dict() for s in args.contrasts},
+                  args.model, model_sha256, args.brain_extraction)
     if todo:
         nprocs = min(args.nprocs, len(todo))
         omp = args.omp_nthreads or max(args.nprocs // nprocs, 1)
@@ -145,11 +149,18 @@ def run_participant(args) -> int:
         # nipype's SLURM plugin names its jobs after $LOGNAME and fails with a KeyError where it is unset
         # (containers, cron, CI; the user id need not have a name there).
         os.environ.setdefault("LOGNAME", os.environ.get("USER") or str(os.getuid()))
+        progress = None
+        if not plugin.endswith("Graph"):  # graph plugins submit everything at once and report no node status
+            progress = JobProgress([j.name for j in todo])
+            plugin_args.setdefault("status_callback", progress)
         with temporary_dir_in(work_dir):
             try:
                 wf.run(plugin=plugin, plugin_args=plugin_args)
             except RuntimeError as err:
                 LOGGER.debug("nipype: %s", err)
+            finally:
+                if progress is not None:
+                    progress.close()
         for job in todo:
             if not job_is_complete(args.output_dir, job):
                 failed.append((job, _crash_message(crash_dir, job) or "failed; see the crash files in " + str(crash_dir)))
@@ -202,11 +213,11 @@ def _validate_input(bids_dir: Path) -> None:
 def run_group(args) -> int:
     from ..group import run_group_level
 
-    return run_group_level(args.bids_dir, args.output_dir)
+    return run_group_level(args.bids_dir, args.output_dir, args.model)
 
 
 def _configure_logging(verbose: int) -> None:
-    """bhd logs at INFO (DEBUG with -v); nipype's node chatter only with -vv."""
+    """bhd logs at INFO (DEBUG with -v); nipype's node lines only with -v."""
     from nipype import config, logging as nipype_logging
 
     handler = logging.StreamHandler()
@@ -214,7 +225,7 @@ def _configure_logging(verbose: int) -> None:
     LOGGER.handlers[:] = [handler]
     LOGGER.setLevel(logging.DEBUG if verbose else logging.INFO)
     LOGGER.propagate = False
-    level = "INFO" if verbose >= 2 else "WARNING"
+    level = "INFO" if verbose >= 1 else "WARNING"
     config.update_config({"logging": {"workflow_level": level, "interface_level": level, "utils_level": level}})
     nipype_logging.update_logging(config)
 

@@ -1,0 +1,217 @@
+"""Tests of the group level's downstream measures (bhd_app.site_effects, bhd_app.group), the console progress
+and the methods text.
+
+The images are the session's simulated subject on the coarse 32^3 grid (conftest ``small_subject``); the
+end-to-end tests reuse the reference participant run (one subject on two scanners, conftest ``participant_run``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from bhd_app import site_effects
+from bhd_app.boilerplate import methods_text
+from bhd_app.cli.run import main
+from bhd_app.config import T1W
+from bhd_app.progress import JobProgress
+
+
+def read_tsv(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def test_segment_orders_tissues_by_intensity_and_counts_every_brain_voxel(small_subject):
+    image, mask = small_subject["trio3t"], small_subject["mask"]
+    labels = site_effects.segment(image, mask)
+    assert labels.shape == image.shape and set(np.unique(labels)) == {0, 1, 2, 3}
+    assert (labels[mask == 0] == 0).all() and (labels[mask > 0] > 0).all()
+    means = [image[labels == k].mean() for k in (1, 2, 3)]
+    assert means[0] < means[1] < means[2]  # CSF < GM < WM in a T1w image
+    volumes = site_effects.tissue_volumes(labels)
+    assert sum(volumes.values()) == pytest.approx((mask > 0).sum() * site_effects.voxel_ml())
+
+
+def test_image_features_see_a_contrast_change(small_subject):
+    image, mask = small_subject["trio3t"], small_subject["mask"]
+    labels = site_effects.segment(image, mask)
+    features = site_effects.image_features(image, labels)
+    assert features.shape == (len(site_effects.FEATURES),) and np.isfinite(features).all()
+    contrast = site_effects.FEATURES.index("GM_WM_contrast")
+    assert features[contrast] > 0
+    flatter = np.where(mask > 0, 0.5 + 0.5 * (image - 0.5), 0)  # half the contrast
+    assert site_effects.image_features(flatter, labels)[contrast] < features[contrast]
+
+
+def test_scanner_effect_is_large_for_a_scanner_offset_and_small_for_noise():
+    rng = np.random.default_rng(0)
+    scanners = ["a"] * 4 + ["b"] * 4
+    offset = site_effects.scanner_effect(list(rng.normal(0, 1, 8) + np.repeat([0.0, 10.0], 4)), scanners)
+    assert offset["eta2"] > 0.9 and offset["p"] < 1e-3
+    noise = site_effects.scanner_effect(list(rng.normal(0, 1, 8)), scanners)
+    assert noise["eta2"] < offset["eta2"] and noise["p"] > offset["p"]
+    assert np.isnan(site_effects.scanner_effect([1.0, 2.0], ["a", "a"])["eta2"])  # one scanner
+
+
+def test_partial_eta2_removes_the_subject_effect():
+    """Two subjects, each on both scanners: a big subject difference hides no scanner effect."""
+    subjects, scanners = ["s1", "s1", "s2", "s2", "s3", "s3"], ["a", "b"] * 3
+    values = [100.0, 101.0, 200.0, 201.2, 150.0, 150.9]  # subject dominates; scanner b adds ~1
+    effect = site_effects.scanner_effect(values, scanners, subjects)
+    assert effect["eta2"] < 0.01 and effect["partial_eta2"] > 0.9
+
+
+def test_site_classifier_accuracy_against_chance():
+    rng = np.random.default_rng(1)
+    scanners = ["a", "b", "c"] * 4
+    centers = np.array([{"a": 0.0, "b": 5.0, "c": 10.0}[s] for s in scanners])[:, None]
+    separable = rng.normal(0, 0.1, (12, 3)) + centers
+    result = site_effects.site_classifier(separable, scanners, permutations=20)
+    assert result["accuracy"] == 1.0 and result["chance"] == pytest.approx(1 / 3) and result["p"] < 0.1
+    noise = site_effects.site_classifier(rng.normal(0, 1, (12, 3)), scanners, permutations=20)
+    assert noise["accuracy"] < 0.75
+    assert np.isnan(site_effects.site_classifier(np.zeros((3, 2)), ["a"] * 3)["accuracy"])
+
+
+def test_rigid_registration_restores_traveling_subject_agreement(small_subject):
+    fixed, mask = small_subject["trio3t"], small_subject["mask"] > 0
+    moved = ndimage.shift(small_subject["vision15t"], (1.5, -1.0, 1.0), order=1)
+    moved_mask = ndimage.shift(mask.astype(np.float32), (1.5, -1.0, 1.0), order=0) > 0.5
+    unregistered = site_effects.traveling_agreement(fixed, moved, mask & moved_mask)
+    transforms = site_effects.rigid_transform(fixed, moved)
+    aligned = site_effects.apply_transform(fixed, moved, transforms)
+    aligned_mask = site_effects.apply_transform(fixed, moved_mask, transforms, nearest=True) > 0.5
+    registered = site_effects.traveling_agreement(fixed, aligned, mask & aligned_mask)
+    assert registered[1] > unregistered[1] + 0.02  # SSIM
+    assert registered[0] > unregistered[0]  # PSNR
+
+
+def test_group_level_on_the_reference_run(participant_run):
+    out = participant_run.out
+    assert main([str(participant_run.ds), str(out), "group"]) == 0
+    volumes = read_tsv(out / "group_volumes.tsv")
+    assert {r["condition"] for r in volumes} == {"before", "bhd", "histmatch"} and len(volumes) == 6
+    assert all(300 < float(r["GM_mL"]) + float(r["WM_mL"]) < 2500 for r in volumes)
+    travel = read_tsv(out / "group_traveling.tsv")  # sub-02 on vida and biograph: one pair, three versions
+    assert len(travel) == 3 and all(0.3 < float(r["ssim"]) <= 1 for r in travel)
+    assert len(read_tsv(out / "group_site_effects.tsv")) == 9
+    assert read_tsv(out / "group_classifier.tsv")[0]["accuracy"] == "nan"  # two images: not enough to classify
+    assert (out / "group_age.tsv").read_text() == ""  # one subject: no age correlation
+    text = (out / "group_report.html").read_text()
+    for section in ("Downstream site effects", "Traveling-subject pairs", "histmatch", "chance"):
+        assert section in text
+
+
+def test_group_level_without_travelers_or_participants_tsv(participant_run, tmp_path):
+    ds, out = tmp_path / "ds", tmp_path / "out"
+    shutil.copytree(participant_run.ds, ds)
+    (ds / "participants.tsv").unlink()
+    shutil.copytree(participant_run.out, out)
+    for f in out.glob("sub-02/ses-biograph/anat/*"):
+        f.unlink()
+    assert main([str(ds), str(out), "group"]) == 0
+    assert (out / "group_traveling.tsv").read_text() == ""
+    assert "No subject was seen on two scanners" in (out / "group_report.html").read_text()
+
+
+def test_group_level_with_another_model_is_a_one_line_error(participant_run, tmp_path, capsys):
+    from bhd_app.harmonize import load_model, save_model
+
+    model = load_model()
+    other = tmp_path / "other.pt"
+    save_model(other, model.net, model.parameterization, model.target_quantiles * 0.9, {"name": "other"})
+    assert main([str(participant_run.ds), str(participant_run.out), "group", "--model", str(other)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pass the same --model" in err[0]
+
+
+class FakeNode:
+    """What nipype's status_callback reads of a node: its name and its workflow hierarchy (plain data)."""
+
+    def __init__(self, job: str, step: str):
+        self.name, self._hierarchy = step, f"bhd_participant_wf.{job}"
+
+
+def test_progress_lines_per_job_step_with_time_left():
+    stream = io.StringIO()
+    progress = JobProgress(["sub-01_ses-a_T1w", "sub-02_ses-b_T1w"], stream=stream, bar=False)
+    for job in ("sub_01_ses_a_T1w", "sub_02_ses_b_T1w"):
+        for step in ("preprocess", "harmonize", "to_native", "derivatives"):
+            progress(FakeNode(job, step), "start")
+            progress(FakeNode(job, step), "end")
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 10  # four step starts and one completion per job
+    assert lines[0].startswith("bhd [0:00:00] sub-01_ses-a_T1w: preprocess started (0/2 jobs done, time left:")
+    assert "job complete (1/2 jobs done, about" in lines[4] and "left)" in lines[4]
+    assert "(2/2 jobs done, about 0:00:00 left)" in lines[-1]
+
+
+def test_progress_callback_from_a_real_nipype_run(tmp_path):
+    """nipype's Linear plugin calls the progress for every node of a one-job workflow."""
+    from nipype.interfaces.utility import Function
+    from nipype.pipeline import engine as pe
+
+    def step(x):
+        return x
+
+    outer = pe.Workflow("bhd_participant_wf", base_dir=str(tmp_path))
+    job = pe.Workflow("sub_01_T1w")
+    nodes = [pe.Node(Function(["x"], ["x"], step), name=n) for n in ("preprocess", "derivatives")]
+    nodes[0].inputs.x = 1
+    job.connect(nodes[0], "x", nodes[1], "x")
+    outer.add_nodes([job])
+    stream = io.StringIO()
+    progress = JobProgress(["sub-01_T1w"], stream=stream, bar=False)
+    outer.run(plugin="Linear", plugin_args={"status_callback": progress})
+    lines = stream.getvalue().splitlines()
+    assert [ln.split("] ", 1)[1].split(" (")[0] for ln in lines] == [
+        "sub-01_T1w: preprocess started", "sub-01_T1w: derivatives started",
+        "sub-01_T1w: derivatives finished: job complete"]
+
+
+def test_methods_text_names_the_settings_the_model_and_the_references():
+    settings = {"T1w": T1W.to_dict() | {"samples": 4}}
+    text = methods_text(settings, "bhd_default.pt", "ab" * 32, {"bhd": "0.1.0", "antspyx": "0.5.4", "nipype": "1.9"},
+                        "auto")
+    assert "ab" * 32 in text and "bhd_default.pt" in text and "4 averaged draws" in text and "uncertainty map" in text
+    assert "midpoint solver, 2 steps" in text and "N4" in text and "deepbet" in text
+    for ref in ("Jeong H, Lee H, Chun SY, Lee J", "Avants", "Gorgolewski", "Yarkoni", "Fisch"):
+        assert ref in text
+
+
+@pytest.mark.slow
+def test_samples_4_writes_an_uncertainty_map_the_report_shows(examples, tmp_path):
+    """One real job with --samples 4: the desc-uncertainty derivative, its sidecar, the report, the validator."""
+    import json
+
+    import nibabel as nib
+
+    from bhd_app.bids import BIDSValidatorMissing, run_bids_validator
+    from conftest import small_dataset
+
+    ds = small_dataset(examples, tmp_path / "ds", [("03", "sonata", "T1w")])
+    out = tmp_path / "out"
+    assert main([str(ds), str(out), "participant", "-w", str(tmp_path / "w"), "--skip-bids-validation",
+                 "--nprocs", "1", "--samples", "4"]) == 0
+    anat = out / "sub-03" / "ses-sonata" / "anat"
+    path = anat / "sub-03_ses-sonata_space-MNI152NLin2009aSym_res-1p2_desc-uncertainty_T1w.nii.gz"
+    sd = np.asarray(nib.load(path).dataobj)
+    mask = np.asarray(nib.load(anat / "sub-03_ses-sonata_space-MNI152NLin2009aSym_res-1p2_desc-brain_mask.nii.gz")
+                      .dataobj) > 0
+    assert (sd[~mask] == 0).all() and sd[mask].mean() > 0
+    side = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
+    assert "standard deviation over the 4" in side["Description"] and side["Harmonization"]["samples"] == 4
+    report = (out / "sub-03_ses-sonata_T1w.html").read_text()
+    assert "Uncertainty map" in report and "The model is least sure around" in report
+    assert "4 averaged draws" in (out / "logs" / "CITATION.md").read_text()
+    try:
+        ok, summary = run_bids_validator(out)
+    except BIDSValidatorMissing:
+        return
+    assert ok, summary
