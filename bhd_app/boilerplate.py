@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 REFERENCES = {
-    "bhd": "Jeong H, Lee H, Chun SY, Lee J. BlindHarmonyDiff: blind 3D harmonization of brain MRI with only "
-           "target-domain data (edge-to-image rectified flow with refinement).",
+    "bhd": "Jeong H, Lee H, Chun SY, Lee J. Efficient and robust 3D blind harmonization for large domain gaps "
+           "(BlindHarmonyDiff). Seoul National University.",
     "ants": "Avants BB, Tustison NJ, Song G, Cook PA, Klein A, Gee JC. A reproducible evaluation of ANTs "
             "similarity metric performance in brain image registration. NeuroImage 54(3):2033-2044, 2011.",
     "n4": "Tustison NJ, Avants BB, Cook PA, et al. N4ITK: improved N3 bias correction. IEEE Trans Med Imaging "
