@@ -105,6 +105,10 @@ def save_cache(path: Path, images: list[np.ndarray], masks: list[np.ndarray], ed
 def load_cache(path: Path) -> tuple[list, list, list, dict]:
     """Read a cache written by ``save_cache``: (images in [0, 1], masks uint8, edge maps uint8, description)."""
     blob = np.load(path, allow_pickle=False)
+    if "format" not in blob:  # a cache of full-grid float32 arrays, as bhd-train wrote before the compact one
+        n = int(blob["n"])
+        return ([blob[f"image{k}"] for k in range(n)], [blob[f"mask{k}"] for k in range(n)],
+                [blob[f"edge{k}"] for k in range(n)], json.loads(str(blob["desc"])))
     shape = tuple(int(s) for s in blob["shape"])
     images, masks, edges = [], [], []
     for k in range(int(blob["n"])):

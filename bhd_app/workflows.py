@@ -168,8 +168,10 @@ def init_job_wf(job: Job, out_dir: Path, bids_dir: Path, settings: dict, device:
                 settings=settings, device=device, omp_nthreads=omp_nthreads)
     nat = _node(run_to_native, ["grid_file", "xfm_file", "in_file"], ["out_file"], "to_native",
                 in_file=str(job.path))
+    # pybids' run entity is an int that remembers its zero padding (run-01); JSON would drop it.
+    entities = {k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in job.entities.items()}
     job_json = json.dumps({"subject": job.subject, "session": job.session, "suffix": job.suffix,
-                           "path": str(job.path), "entities": job.entities, "metadata": job.metadata}, default=str)
+                           "path": str(job.path), "entities": entities, "metadata": job.metadata}, default=str)
     out = _node(run_derivatives, ["job_json", "out_dir", "bids_dir", "settings", "preproc_file", "mask_file",
                                   "xfm_file", "preproc_info", "harmonized_file", "generated_file", "edges_file",
                                   "harmonization_info", "native_file", "native_mask_file", "uncertainty_file"],
