@@ -24,12 +24,13 @@ import torch
 
 from .. import __version__
 from ..baselines import target_quantiles, target_spectrum
+from ..config import T1W, HarmonizationSettings, card_defaults
 from ..errors import BHDInputError
 from ..harmonize import HarmonizationModel, load_model, save_model, select_device
 from ..model import UNetConfig
 from ..target_data import bids_target_data, load_cache, save_cache, synthetic_target_data
 from ..training import Distributed, PatchSampler, TrainConfig, Trainer
-from ..config import T1W, HarmonizationSettings, card_defaults
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bhd-train", description=__doc__,
@@ -82,8 +83,7 @@ def load_or_make_data(args) -> tuple[list, list, list, dict]:
     if args.synthetic:
         data = synthetic_target_data(args.synthetic, args.lesion_every)
     else:
-        data = bids_target_data(args.bids_dir, args.participant_label, args.run_dir / "preproc",
-                                getattr(args, "nprocs", 1))
+        data = bids_target_data(args.bids_dir, args.participant_label, args.run_dir / "preproc", args.nprocs)
     save_cache(cache, *data)  # other ranks wait for this file
     return load_cache(cache)  # the 8-bit images that resuming will see
 
@@ -217,7 +217,7 @@ class Validator:
     """
 
     FIXED_SETTINGS = HarmonizationSettings(start_time=0.5, steps=2, refinement="ncc", refine_step=0.02,
-                                           refine_reference="source")
+                                           refine_step_rule="rms", refine_reference="source")
 
     def __init__(self, run_dir: Path, quantiles: np.ndarray, every_s: float, subjects: list | None = None):
         from ..validation import traveling_subjects
@@ -245,8 +245,8 @@ class Validator:
                     f.write("\t".join(["step", "wall_s", "settings"] + list(rows[0])) + "\n")
                 for row in rows:
                     values = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()]
-                    f.write("\t".join([str(trainer.step), f"{trainer.wall:.0f}", json.dumps(settings.to_dict())] + values)
-                            + "\n")
+                    f.write("\t".join([str(trainer.step), f"{trainer.wall:.0f}", json.dumps(settings.to_dict()),
+                                        *values]) + "\n")
             mean = {k: np.mean([r[k] for r in rows])
                     for k in ("histmatch_ssim", "bhd_ssim", "histmatch_psnr", "bhd_psnr")}
             print(f"\nvalidation step {trainer.step} {json.dumps(settings.to_dict())}: "
