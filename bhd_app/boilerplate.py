@@ -62,7 +62,10 @@ def methods_text(settings_by_suffix: dict[str, dict], model_name: str | None, mo
                    f"{s['refine_iterations']} refinement iterations climbing the {s['refinement'].upper()} with the "
                    f"{'histogram-matched source' if s['refine_reference'] == 'histmatch' else 'source'} "
                    f"({s['refine_region']}, step {s['refine_step']:g}, rule {s['refine_step_rule']})")
-                + f"; random seed {s['seed']}.")
+                + f"; random seed {s['seed']}. "
+                + ("On the input's own grid, the change made on the harmonization grid was added to the input at "
+                   "its own resolution." if s.get("native") == "change" else
+                   "The harmonized image was resampled back onto the input's own grid."))
         else:
             parts.append(f"{suffix} images were then processed with method '{method}' "
                          + {"histmatch": "(histogram matching to the model's target-domain histogram).",

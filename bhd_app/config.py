@@ -18,6 +18,7 @@ METHODS = ("bhd", "histmatch", "ssimh", "none")
 SOLVERS = ("euler", "midpoint", "rk4", "dopri5")
 REFINEMENTS = ("ncc", "mi", "split", "none")
 STEP_RULES = ("rms", "paper")
+NATIVE = ("change", "resample")
 
 
 @dataclass(frozen=True)
@@ -29,11 +30,14 @@ class HarmonizationSettings:
     refinement, which climbs the NCC (or MI) with ``refine_reference`` (``refine_step_rule``
     says what ``refine_step`` means), or (``split``) keeps the draw's low frequencies below
     ``split_sigma`` voxels and the reference's high frequencies (``refinement.refine``).
+    ``native`` says how the native-grid image is made: ``change`` adds the change made on the grid
+    to the input at its own resolution (finer detail kept); ``resample`` resamples the harmonized
+    grid image (contrast conversion, where the input's own detail has the other contrast).
     """
 
     method: str = "bhd"
-    steps: int = 2
-    solver: str = "midpoint"
+    steps: int = 1
+    solver: str = "euler"
     start_time: float = 0.9
     start_from: str = "histmatch"
     samples: int = 1
@@ -44,6 +48,7 @@ class HarmonizationSettings:
     refine_region: str = "brain"
     refine_reference: str = "source"
     split_sigma: float = 8.0
+    native: str = "change"
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -55,20 +60,25 @@ class HarmonizationSettings:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-# T1w inputs: harmonization. T2w inputs: contrast conversion to the T1w target (section 4.8): from
-# noise, no refinement (T1w and T2w correlate too little), 4 averaged draws.
+# T1w inputs: harmonization, one Euler step from the noised histogram-matched source at t0 0.9 (the
+# network's clean-image estimate). T2w inputs: contrast conversion to the T1w target (section 4.8): from
+# noise along the whole path (2 midpoint steps, S3.1's solver), no refinement (T1w and T2w correlate
+# too little), 4 averaged draws.
 T1W = HarmonizationSettings()
-CONTRAST_CONVERSION = replace(T1W, start_time=0.0, samples=4, refinement="none")
+CONTRAST_CONVERSION = replace(T1W, start_time=0.0, steps=2, solver="midpoint", samples=4, refinement="none",
+                              native="resample")
 PRESETS = {"T1w": T1W, "T2w": CONTRAST_CONVERSION}
 # The fields whose default depends on the input's contrast.
 CONTRAST_DEPENDENT = tuple(f.name for f in fields(HarmonizationSettings)
                            if getattr(T1W, f.name) != getattr(CONTRAST_CONVERSION, f.name))
 # Why the presets are what they are, for the model card.
-PRESETS_WHY = ("T1w: t0 0.9 from the histogram-matched source, then the paper's refinement (NCC towards the "
-               "source, x += 0.02 N grad, 6 iterations): on held-out IXI-HH subjects 1-3 with known scanner "
-               "changes (benchmarks/real_traveling.py) 1.3-2.8 dB ahead of the unit-RMS step 0.005 towards the "
-               "histogram-matched source, and ahead of the frequency split; T2w (contrast conversion, section "
-               "4.8): from noise, no refinement, 4 averaged draws (1.0-1.5 dB over one draw); see BENCHMARKS.md")
+PRESETS_WHY = ("T1w: one Euler step from t0 0.9 (the noised, histogram-matched source), then the paper's refinement "
+               "(NCC towards the source, x += 0.02 N grad, 6 iterations): on held-out IXI-HH subjects 1-3 with known "
+               "scanner changes (benchmarks/real_traveling.py) 0.35-1.2 dB ahead of 2 midpoint steps (each network "
+               "pass adds its own error; the midpoint rule's last step extrapolates two of them) at a quarter of the "
+               "network evaluations, and ahead of the unit-RMS step and the frequency split; T2w (contrast conversion, "
+               "section 4.8): from noise, 2 midpoint steps, no refinement, 4 averaged draws (1.0-1.5 dB over one "
+               "draw); see BENCHMARKS.md")
 
 
 def preset(suffix: str) -> HarmonizationSettings:

@@ -143,7 +143,10 @@ def write_job_derivatives(job_json: str, out_dir: str, bids_dir: str, settings: 
                                                         f"of the model (T1w contrast)",
                                          "Harmonization": harmonization}),
         "native": (native_file, {**common, "SkullStripped": True, "Sources": [source],
-                                 "Description": "Harmonized image resampled back onto the input's native grid",
+                                 "Description": (
+                                     "The input at its own resolution plus the harmonization's change, made on the "
+                                     "grid and mapped back" if settings.get("native") == "change" else
+                                     "Harmonized image resampled back onto the input's native grid"),
                                  "Harmonization": harmonization}),
         "native_mask": (native_mask_file, {**common, "Sources": [source], "Type": "Brain",
                                            "Description": "Brain mask on the input's native grid (the brain "

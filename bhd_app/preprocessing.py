@@ -77,6 +77,7 @@ class Preprocessed:
     brain_mask: np.ndarray  # uint8 on the grid
     transform_path: Path  # ANTs affine .mat, native -> template (ITK convention), in work_dir
     native_brain_mask: nib.Nifti1Image  # uint8 on the native grid
+    native_image: nib.Nifti1Image  # float32 on the native grid: the N4 image normalized like ``image``
     timings: dict[str, float]  # seconds per step
     settings: dict[str, Any]  # everything used, JSON-serializable, for the sidecars
     qc: dict[str, float] = field(default_factory=dict)  # template overlap, brain volume, intensity range
@@ -488,6 +489,8 @@ def preprocess(
     timings["total"] = round(sum(timings.values()), 3)
 
     native_mask = _nifti(mask.astype(np.uint8), affine)
+    native_image = _nifti(np.where(mask, np.clip((n4_data - low) / (high - low), 0.0, 1.0), 0).astype(np.float32),
+                          affine)
     template_mask = template_brain_mask_on_grid()
     qc = {
         "template_dice": round(_dice(grid_mask, template_mask), 4),
@@ -511,6 +514,7 @@ def preprocess(
         brain_mask=grid_mask.astype(np.uint8),
         transform_path=transform,
         native_brain_mask=native_mask,
+        native_image=native_image,
         timings=timings,
         settings=settings,
         qc=qc,
@@ -595,3 +599,26 @@ def to_native(
     else:  # masks and labels keep their type
         dtype = np.uint8 if grid_array.dtype == bool else grid_array.dtype
     return _nifti(native.astype(dtype), affine)
+
+
+def carry_change_to_native(
+    harmonized: np.ndarray,
+    source: np.ndarray,
+    native_source_path: str | os.PathLike,
+    native_mask: nib.Nifti1Image,
+    transform_path: str | os.PathLike,
+) -> nib.Nifti1Image:
+    """The harmonized image at the input's own resolution: the native source plus the change made on the grid.
+
+    ``harmonized`` and ``source`` (D, H, W) are on harmonization_grid(), in [0, 1]; ``native_source_path``
+    holds the input normalized like ``source`` (``Preprocessed.native_image``). The change harmonized - source is
+    mapped to the native grid (linear) and added there, so detail finer than the grid is kept rather than
+    resampled away; the result is clipped to [0, 1] and zero outside ``native_mask``.
+    """
+    native_source = nib.load(native_source_path)
+    change = to_native(np.asarray(harmonized, np.float32) - np.asarray(source, np.float32), transform_path,
+                       native_source_path)
+    base = np.asarray(native_source.dataobj, dtype=np.float32)
+    inside = np.asarray(native_mask.dataobj) > 0
+    out = np.where(inside, np.clip(base + np.asarray(change.dataobj), 0.0, 1.0), 0).astype(np.float32)
+    return _nifti(out, native_source.affine)

@@ -51,13 +51,15 @@ def run_preprocessing(in_file: str, contrast: str, brain_extraction: str, seed: 
     preproc_file = os.path.join(cwd, "preproc.nii.gz")
     mask_file = os.path.join(cwd, "brain_mask.nii.gz")
     native_mask_file = os.path.join(cwd, "native_brain_mask.nii.gz")
+    native_preproc_file = os.path.join(cwd, "native_preproc.nii.gz")
     save_nifti(pre.image, grid.affine, preproc_file)
     save_nifti(pre.brain_mask, grid.affine, mask_file, "uint8")
     nib.save(pre.native_brain_mask, native_mask_file)
+    nib.save(pre.native_image, native_preproc_file)
     info_file = os.path.join(cwd, "preprocessing.json")
     with open(info_file, "w") as f:
         json.dump({"timings": pre.timings, "settings": pre.settings}, f, indent=2, default=str)
-    return preproc_file, mask_file, str(pre.transform_path), native_mask_file, info_file
+    return preproc_file, mask_file, str(pre.transform_path), native_mask_file, native_preproc_file, info_file
 
 
 def run_harmonization(preproc_file: str, mask_file: str, settings: dict, device: str, omp_nthreads: int):
@@ -113,18 +115,25 @@ def run_harmonization(preproc_file: str, mask_file: str, settings: dict, device:
     return files["harmonized"], files["generated"], files["edge_map"], files["info"], files["uncertainty"]
 
 
-def run_to_native(grid_file: str, xfm_file: str, in_file: str):
-    """Node: bring an image on the harmonization grid back to the subject's native grid."""
+def run_to_native(grid_file: str, xfm_file: str, in_file: str, preproc_file: str, native_preproc_file: str,
+                  native_mask_file: str, native: str):
+    """Node: the harmonized image on the subject's native grid (``HarmonizationSettings.native``)."""
     import os
 
     import nibabel as nib
     import numpy as np
 
-    from bhd_app.preprocessing import to_native
+    from bhd_app.preprocessing import carry_change_to_native, to_native
 
     out_file = os.path.join(os.getcwd(), "native.nii.gz")
-    native = to_native(np.asarray(nib.load(grid_file).dataobj, dtype=np.float32), xfm_file, in_file)
-    nib.save(native, out_file)
+    harmonized = np.asarray(nib.load(grid_file).dataobj, dtype=np.float32)
+    if native == "change":
+        source = np.asarray(nib.load(preproc_file).dataobj, dtype=np.float32)
+        image = carry_change_to_native(harmonized, source, native_preproc_file, nib.load(native_mask_file),
+                                       xfm_file)
+    else:
+        image = to_native(harmonized, xfm_file, in_file)
+    nib.save(image, out_file)
     return out_file
 
 
@@ -160,14 +169,16 @@ def init_job_wf(job: Job, out_dir: Path, bids_dir: Path, settings: dict, device:
     """
     wf = pe.Workflow(name=job.name.replace("-", "_"))
     pre = _node(run_preprocessing, ["in_file", "contrast", "brain_extraction", "seed", "omp_nthreads"],
-                ["preproc_file", "mask_file", "xfm_file", "native_mask_file", "info_file"], "preprocess",
+                ["preproc_file", "mask_file", "xfm_file", "native_mask_file", "native_preproc_file", "info_file"],
+                "preprocess",
                 in_file=str(job.path), contrast=job.suffix, brain_extraction=settings.get("brain_extraction", "auto"),
                 seed=settings.get("seed", 0), omp_nthreads=omp_nthreads)
     har = _node(run_harmonization, ["preproc_file", "mask_file", "settings", "device", "omp_nthreads"],
                 ["harmonized_file", "generated_file", "edges_file", "info_file", "uncertainty_file"], "harmonize",
                 settings=settings, device=device, omp_nthreads=omp_nthreads)
-    nat = _node(run_to_native, ["grid_file", "xfm_file", "in_file"], ["out_file"], "to_native",
-                in_file=str(job.path))
+    nat = _node(run_to_native, ["grid_file", "xfm_file", "in_file", "preproc_file", "native_preproc_file",
+                                "native_mask_file", "native"], ["out_file"], "to_native",
+                in_file=str(job.path), native=settings.get("native", "resample"))
     # pybids' run entity is an int that remembers its zero padding (run-01); JSON would drop it.
     entities = {k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in job.entities.items()}
     job_json = json.dumps({"subject": job.subject, "session": job.session, "suffix": job.suffix,
@@ -182,7 +193,8 @@ def init_job_wf(job: Job, out_dir: Path, bids_dir: Path, settings: dict, device:
     wf.connect([
         (pre, har, [("preproc_file", "preproc_file"), ("mask_file", "mask_file")]),
         (har, nat, [("harmonized_file", "grid_file")]),
-        (pre, nat, [("xfm_file", "xfm_file")]),
+        (pre, nat, [("xfm_file", "xfm_file"), ("preproc_file", "preproc_file"),
+                    ("native_preproc_file", "native_preproc_file"), ("native_mask_file", "native_mask_file")]),
         (pre, out, [("preproc_file", "preproc_file"), ("mask_file", "mask_file"), ("xfm_file", "xfm_file"),
                     ("info_file", "preproc_info"), ("native_mask_file", "native_mask_file")]),
         (har, out, [("harmonized_file", "harmonized_file"), ("generated_file", "generated_file"),

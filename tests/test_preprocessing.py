@@ -14,9 +14,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from bhd_app.errors import BHDInputError
 from bhd_app.preprocessing import (
+    carry_change_to_native,
     load_anatomical,
     looks_skull_stripped,
     normalize_percentile,
@@ -82,6 +84,42 @@ def test_to_native_overlaps_native_mask(pre, head):
     assert dice(back.dataobj, p.native_brain_mask.dataobj) > 0.95
     image = to_native(p.image, p.transform_path, head)
     assert image.get_data_dtype() == np.float32 and 0.9 < float(np.max(image.dataobj)) <= 1.0
+
+
+def test_native_image_is_the_input_normalized_like_the_grid_image(pre, head):
+    p, _, _ = pre
+    native = np.asarray(p.native_image.dataobj)
+    inside = np.asarray(p.native_brain_mask.dataobj) > 0
+    assert p.native_image.shape == nib.load(head).shape[:3] and np.allclose(p.native_image.affine, nib.load(head).affine)
+    assert not native[~inside].any() and 0.0 <= native.min() and native.max() <= 1.0
+    # the same intensities as the grid image: resampled onto the grid it matches it inside the brain
+    back = to_native(p.image, p.transform_path, head)
+    core = ndimage.binary_erosion(inside, iterations=2)
+    assert np.median(np.abs(np.asarray(back.dataobj)[core] - native[core])) < 0.03
+
+
+def test_carrying_no_change_returns_the_native_input_exactly(pre, head, tmp_path):
+    """Oracle: an unchanged grid image gives the native input voxel for voxel; resampling the grid image
+    back (the other route) does not, it blurs."""
+    p, _, _ = pre
+    native_file = tmp_path / "native.nii.gz"
+    nib.save(p.native_image, native_file)
+    out = carry_change_to_native(p.image, p.image, native_file, p.native_brain_mask, p.transform_path)
+    np.testing.assert_array_equal(np.asarray(out.dataobj), np.asarray(p.native_image.dataobj))
+    resampled = np.asarray(to_native(p.image, p.transform_path, head).dataobj)
+    inside = np.asarray(p.native_brain_mask.dataobj) > 0
+    assert np.abs(resampled[inside] - np.asarray(p.native_image.dataobj)[inside]).mean() > 0.01
+
+
+def test_a_constant_change_is_added_at_native_resolution(pre, tmp_path):
+    p, _, _ = pre
+    native_file = tmp_path / "native.nii.gz"
+    nib.save(p.native_image, native_file)
+    out = np.asarray(carry_change_to_native(p.image + 0.1 * (p.brain_mask > 0), p.image, native_file,
+                                            p.native_brain_mask, p.transform_path).dataobj)
+    native = np.asarray(p.native_image.dataobj)
+    core = ndimage.binary_erosion(np.asarray(p.native_brain_mask.dataobj) > 0, iterations=4) & (native < 0.89)  # the output is clipped at 1
+    np.testing.assert_allclose(out[core], native[core] + 0.1, atol=1e-4)
 
 
 def test_outputs_and_no_temp_leftovers(pre):

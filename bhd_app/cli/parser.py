@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 from .. import __version__
-from ..config import (CONTRAST_CONVERSION, CONTRAST_DEPENDENT, DEFAULT_MODEL, METHODS, REFINEMENTS, SHIPPED_MODELS,
-                      SOLVERS, STEP_RULES, T1W, model_path)
+from ..config import (CONTRAST_CONVERSION, CONTRAST_DEPENDENT, DEFAULT_MODEL, METHODS, NATIVE, REFINEMENTS,
+                      SHIPPED_MODELS, SOLVERS, STEP_RULES, T1W, model_path)
 
 def _default(name: str):
     """A harmonization option's default: the T1w preset's, or None where the contrast decides (``config.preset``)."""
@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--refine-reference", choices=("source", "histmatch"), default=_default("refine_reference"),
                    help="the image the refinement uses: the source (paper) or the source matched to the target "
                         "histogram" + _note("refine_reference"))
+    g.add_argument("--native", choices=NATIVE, default=_default("native"),
+                   help="the native-grid image: change adds the harmonization's change, made on the grid, to the "
+                        "input at its own resolution (finer detail kept); resample resamples the harmonized grid "
+                        "image" + _note("native"))
     g.add_argument("--brain-extraction", choices=("auto", "deepbet", "template", "nonzero"), default="auto",
                    help="auto: the non-zero voxels of skull-stripped inputs, deepbet for T1w heads, "
                         "template-based otherwise; nonzero: the input is already skull-stripped")
