@@ -34,7 +34,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None)
     p.add_argument("--device", default="auto")
-    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--steps", type=int, default=T1W.steps)
+    p.add_argument("--solver", default=T1W.solver)
     p.add_argument("--train-steps", type=int, default=10)
     p.add_argument("--width", type=int, help="benchmark an untrained network of this width instead")
     args = p.parse_args()
@@ -54,7 +55,8 @@ def main() -> None:
     edge_map, _ = canny_edges(source)
     t1 = time.perf_counter()
     start = histogram_matching(source, mask, model.target_quantiles)
-    generated = generate(model, edge_map, steps=args.steps, start_time=T1W.start_time, start_image=start)
+    generated = generate(model, edge_map, steps=args.steps, solver=args.solver, start_time=T1W.start_time,
+                         start_image=start)
     t2 = time.perf_counter()
     refine(generated, source, mask, "ncc", 0.02, 6)
     t3 = time.perf_counter()
@@ -75,7 +77,7 @@ def main() -> None:
 
     result = {
         "device": str(device), "cpu_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-        "unet_width": model.net.config.base_width, "solver_steps": args.steps, "start_time": T1W.start_time,
+        "unet_width": model.net.config.base_width, "solver": args.solver, "solver_steps": args.steps, "start_time": T1W.start_time,
         "edge_map_s": round(t1 - t0, 2), "sampling_s": round(t2 - t1, 2), "refinement_s": round(t3 - t2, 2),
         "harmonization_total_s": round(t3 - t0, 2), "peak_memory_GiB": round(peak, 2),
         "train_patch_size": cfg.patch_size, "train_batch": cfg.batch_size,
