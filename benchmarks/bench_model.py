@@ -58,7 +58,8 @@ def main() -> None:
     generated = generate(model, edge_map, steps=args.steps, solver=args.solver, start_time=T1W.start_time,
                          start_image=start)
     t2 = time.perf_counter()
-    refine(generated, source, mask, "ncc", 0.02, 6)
+    refine(generated, source, mask, T1W.refinement, T1W.refine_step, T1W.refine_iterations, T1W.refine_region,
+           T1W.refine_step_rule)
     t3 = time.perf_counter()
     peak = (torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
