@@ -74,7 +74,7 @@ CONTRAST_DEPENDENT = tuple(f.name for f in fields(HarmonizationSettings)
 # Why the presets are what they are, for the model card.
 PRESETS_WHY = ("T1w: one Euler step from t0 0.9 (the noised, histogram-matched source), then the paper's refinement "
                "(NCC towards the source, x += 0.02 N grad, 6 iterations): on held-out IXI-HH subjects 1-3 with known "
-               "scanner changes (benchmarks/real_traveling.py) 0.35-1.2 dB ahead of 2 midpoint steps (each network "
+               "scanner changes (benchmarks/real_traveling.py) 0.3-1.2 dB ahead of 2 midpoint steps (each network "
                "pass adds its own error; the midpoint rule's last step extrapolates two of them) at a quarter of the "
                "network evaluations, and ahead of the unit-RMS step and the frequency split; T2w (contrast conversion, "
                "section 4.8): from noise, 2 midpoint steps, no refinement, 4 averaged draws (1.0-1.5 dB over one "
