@@ -14,8 +14,8 @@
 # Environment: IMAGE (default bhd:<version>-cpu), SMOKE_DIR (outputs; default a new /tmp/bhd-smoke.*),
 # SMOKE_UID (the user the run plays when started as root; default 1234:1234), SMOKE_SUBJECT, SMOKE_SESSIONS, SMOKE_ARGS (extra bhd-app participant
 # options, e.g. "--method histmatch"), SKIP_BUILD. Needs a docker daemon, the base image
-# (docker/make_base_image.sh) and, to build the CPU variant, torch's CPU wheel in docker/wheels/ (copied
-# from pip's find-links when found there). The host's python3 needs only its standard library.
+# (docker/make_base_image.sh) and, to build the CPU variant, torch's CPU wheel in docker/wheels/ (build.sh
+# copies it from pip's find-links when it is there). The host's python3 needs only its standard library.
 # It also checks that the image does not run as root by default.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,14 +40,6 @@ build_s="skipped (SKIP_BUILD)"
 if [ -z "${SKIP_BUILD:-}" ]; then
     docker image inspect "${BASE_IMAGE:-debian:bookworm-slim}" >/dev/null 2>&1 \
         || fail "no ${BASE_IMAGE:-debian:bookworm-slim} image: run docker/make_base_image.sh (or docker pull it)"
-    if ! compgen -G "docker/wheels/torch-*+cpu-cp311-*.whl" >/dev/null; then
-        # pip's find-links on this host (e.g. /opt/wheels) may hold the CPU wheel: docker/wheels/README.md
-        for dir in ${PIP_FIND_LINKS:-} $(pip config get global.find-links 2>/dev/null || true); do
-            for whl in "${dir#file://}"/torch-*+cpu-cp311-*.whl; do
-                [ -f "$whl" ] && { echo "copying $whl to docker/wheels/"; cp "$whl" docker/wheels/; break 2; }
-            done
-        done
-    fi
     say "build $IMAGE"
     t0=$(now)
     docker/build.sh cpu -t "$IMAGE"
