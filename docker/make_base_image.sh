@@ -2,11 +2,11 @@
 # Build a local "debian:bookworm-slim" base image from the Debian archive with debootstrap, for build
 # hosts that reach deb.debian.org (or a Debian mirror) but not Docker Hub.
 #
-#   sudo docker/make_base_image.sh [TAG] [MIRROR]
+#   docker/make_base_image.sh [TAG] [MIRROR]     (as root)
 #     TAG     image tag to create            (default: debian:bookworm-slim, what the Dockerfile's FROM uses)
 #     MIRROR  Debian mirror                   (default: http://deb.debian.org/debian)
 #
-# Needs: root, debootstrap, a running docker daemon. Takes 2-5 minutes; the image is about 80-100 MB.
+# Needs: root, debootstrap, a running docker daemon. Takes minutes (docker/RESULTS.md); the image is about 104 MB.
 # Like the official slim image it excludes man pages, docs and locales from later apt installs.
 set -euo pipefail
 

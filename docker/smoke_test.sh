@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
-# Smoke test of the bhd container image: build the CPU image (timed), then run the participant and
-# group levels as an arbitrary user, on a read-only root filesystem, without network, and check the
-# derivatives.
+# Smoke test of the bhd container image, as docker/README.md documents it: build the CPU image (timed;
+# no untagged image may stay behind), check that it does not run as root by default, then run the
+# participant and group levels of "Run (Docker)" as written (read-only root filesystem, no network,
+# --user of the caller) and check the derivatives.
 #
-#   docker/smoke_test.sh                        # build bhd:<version>-cpu, run on sub-02 / ses-vida
+#   docker/smoke_test.sh                        # build bhd:<version>-cpu, run sub-02 / ses-vida
 #   SKIP_BUILD=1 docker/smoke_test.sh           # reuse the built image
 #   SMOKE_SESSIONS="vida trio" docker/smoke_test.sh
 #
-# The input is a subset of bids_examples/ds-travel (generated when missing) copied to
-# $SMOKE_DIR/bids: subject $SMOKE_SUBJECT (02), sessions $SMOKE_SESSIONS (vida), participants.tsv
-# filtered to match, so that the BIDS validator passes and concurrent regenerations do not interfere.
+# The input is a copy of bids_examples/ds-travel (generated with the image's Python when missing) in
+# $SMOKE_DIR/bids, as docker/README.md suggests. Run as root, the script plays user $SMOKE_UID, who
+# creates out and work and runs the image.
 #
-# Environment: IMAGE (default bhd:<version>-cpu), SMOKE_DIR (outputs; default a new /tmp/bhd-smoke.*),
-# SMOKE_UID (the user the run plays when started as root; default 1234:1234), SMOKE_SUBJECT, SMOKE_SESSIONS, SMOKE_ARGS (extra bhd-app participant
+# Environment: IMAGE (default bhd:<version>-cpu), SMOKE_DIR (default a new /tmp/bhd-smoke.*), SMOKE_UID
+# (default 1234:1234), SMOKE_SUBJECT (02), SMOKE_SESSIONS (vida), SMOKE_ARGS (extra bhd-app participant
 # options, e.g. "--method histmatch"), SKIP_BUILD. Needs a docker daemon, the base image
-# (docker/make_base_image.sh) and, to build the CPU variant, torch's CPU wheel in docker/wheels/ (copied
-# from pip's find-links when found there). The host's python3 needs only its standard library.
-# It also checks that the image does not run as root by default.
+# (docker/make_base_image.sh) and, to build, torch's CPU wheel in docker/wheels/ (build.sh copies it from
+# pip's find-links when it is there). The host's python3 needs only its standard library.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -40,18 +40,14 @@ build_s="skipped (SKIP_BUILD)"
 if [ -z "${SKIP_BUILD:-}" ]; then
     docker image inspect "${BASE_IMAGE:-debian:bookworm-slim}" >/dev/null 2>&1 \
         || fail "no ${BASE_IMAGE:-debian:bookworm-slim} image: run docker/make_base_image.sh (or docker pull it)"
-    if ! compgen -G "docker/wheels/torch-*+cpu-cp311-*.whl" >/dev/null; then
-        # pip's find-links on this host (e.g. /opt/wheels) may hold the CPU wheel: docker/wheels/README.md
-        for dir in ${PIP_FIND_LINKS:-} $(pip config get global.find-links 2>/dev/null || true); do
-            for whl in "${dir#file://}"/torch-*+cpu-cp311-*.whl; do
-                [ -f "$whl" ] && { echo "copying $whl to docker/wheels/"; cp "$whl" docker/wheels/; break 2; }
-            done
-        done
-    fi
     say "build $IMAGE"
+    dangling_before=$(docker images -q --no-trunc -f dangling=true | sort)
     t0=$(now)
     docker/build.sh cpu -t "$IMAGE"
     build_s="$(elapsed "$t0" "$(now)") s"
+    new_dangling=$(comm -13 <(echo "$dangling_before") <(docker images -q --no-trunc -f dangling=true | sort))
+    [ -z "$new_dangling" ] || fail "docker/build.sh left untagged images behind: $new_dangling"
+    echo "ok no untagged image left behind"
 fi
 size_bytes=$(docker image inspect -f '{{.Size}}' "$IMAGE")
 size=$(python3 -c "import sys; print(f'{int(sys.argv[1]) / 1e9:.2f} GB')" "$size_bytes")
@@ -70,30 +66,10 @@ if [ ! -f "$SOURCE/dataset_description.json" ]; then
 fi
 
 SMOKE_DIR=${SMOKE_DIR:-$(mktemp -d /tmp/bhd-smoke.XXXXXX)}
-DATASET=$SMOKE_DIR/bids OUT=$SMOKE_DIR/out WORK=$SMOKE_DIR/work
-say "input: sub-$SMOKE_SUBJECT, ses-{${SMOKE_SESSIONS// /,}} of $SOURCE -> $DATASET"
-rm -rf "$DATASET"
-# shellcheck disable=SC2086
-python3 - "$SOURCE" "$DATASET" "$SMOKE_SUBJECT" $SMOKE_SESSIONS <<'PY'
-import shutil, sys
-from pathlib import Path
-
-src, dst, subject, sessions = Path(sys.argv[1]), Path(sys.argv[2]), "sub-" + sys.argv[3], sys.argv[4:]
-dst.mkdir(parents=True)
-for f in src.iterdir():
-    if f.is_file() and f.name != "participants.tsv":
-        shutil.copy2(f, dst / f.name)
-lines = (src / "participants.tsv").read_text().splitlines()
-(dst / "participants.tsv").write_text("\n".join([lines[0]] + [ln for ln in lines[1:] if ln.split("\t")[0] == subject]) + "\n")
-for f in (src / subject).iterdir():
-    if f.is_file():
-        shutil.copy2(f, dst / subject / f.name)
-for ses in sessions:
-    if not (src / subject / f"ses-{ses}").is_dir():
-        sys.exit(f"{src}: no {subject}/ses-{ses}")
-    shutil.copytree(src / subject / f"ses-{ses}", dst / subject / f"ses-{ses}")
-print(sum(1 for _ in dst.rglob("*.nii*")), "images")
-PY
+OUT=$SMOKE_DIR/out
+say "input: a copy of $SOURCE -> $SMOKE_DIR/bids"
+rm -rf "$SMOKE_DIR/bids"
+cp -r "$SOURCE" "$SMOKE_DIR/bids"
 # As README.md says: the user creates out and work, then runs the image as themself. Run as root, this
 # script plays user $SMOKE_UID, who owns $SMOKE_DIR.
 as_user() {
@@ -103,54 +79,71 @@ as_user() {
 cd "$SMOKE_DIR"
 as_user mkdir -p out work
 
-run=(docker run --rm --read-only --tmpfs /tmp --network none --user "$SMOKE_UID"
-     -v "$PWD/bids:/data:ro" -v "$PWD/out:/out" -v "$PWD/work:/work" "$IMAGE")
+# the two commands of docker/README.md, "Run (Docker)"
+run=(docker run --rm --read-only --tmpfs /tmp --network none --user "$SMOKE_UID")
+participant=("${run[@]}" -v "$PWD/bids:/data:ro" -v "$PWD/out:/out" -v "$PWD/work:/work" "$IMAGE")
+group=("${run[@]}" -v "$PWD/bids:/data:ro" -v "$PWD/out:/out" "$IMAGE")
 
 say "participant level"
 # shellcheck disable=SC2086
-echo "+ ${run[*]} /data /out participant -w /work $SMOKE_LABELS $SMOKE_ARGS"
+echo "+ ${participant[*]} /data /out participant -w /work $SMOKE_LABELS $SMOKE_ARGS"
 t0=$(now)
 # shellcheck disable=SC2086
-"${run[@]}" /data /out participant -w /work $SMOKE_LABELS $SMOKE_ARGS || fail "participant level: exit $?"
+"${participant[@]}" /data /out participant -w /work $SMOKE_LABELS $SMOKE_ARGS || fail "participant level: exit $?"
 participant_s=$(elapsed "$t0" "$(now)")
 
 say "group level"
-echo "+ ${run[*]} /data /out group"
+echo "+ ${group[*]} /data /out group"
 t0=$(now)
-"${run[@]}" /data /out group || fail "group level: exit $?"
+"${group[@]}" /data /out group || fail "group level: exit $?"
 group_s=$(elapsed "$t0" "$(now)")
 
 say "checks"
-python3 - "$OUT" "$container_tag" "$SMOKE_UID" <<'PY'
-import json, os, sys
+python3 - "$OUT" "$container_tag" "$SMOKE_UID" <<'PY' || fail "the derivatives (above)"
+import json, sys
 from pathlib import Path
 
 out, tag, uid = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3].split(":")[0])
 errors = []
+# every job's files (README.md, "Outputs"), named after its native-grid harmonized image
+GRID = "space-MNI152NLin2009aSym_res-1p2_"
+SIBLINGS = ("desc-harmonized_T1w.json", "desc-brain_mask.nii.gz", "desc-brain_mask.json",
+            GRID + "desc-preproc_T1w.nii.gz", GRID + "desc-brain_mask.nii.gz", GRID + "desc-edges_mask.nii.gz",
+            GRID + "desc-harmonized_T1w.nii.gz", GRID + "desc-harmonized_T1w.json",
+            "from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.mat")
 native = sorted(p for p in out.rglob("*_desc-harmonized_T1w.nii.gz") if "_space-" not in p.name)
 if not native:
     errors.append("no *_desc-harmonized_T1w.nii.gz (native grid) in the output")
 for image in native:
-    sidecar = image.with_name(image.name.replace(".nii.gz", ".json"))
-    if not sidecar.is_file():
-        errors.append(f"{image.name}: no sidecar {sidecar.name}")
+    prefix = image.name[: -len("desc-harmonized_T1w.nii.gz")]
+    missing = [prefix + s for s in SIBLINGS if not (image.parent / (prefix + s)).is_file()]
+    if missing:
+        errors.append(f"{image.relative_to(out)}: missing {', '.join(missing)}")
     else:
-        json.loads(sidecar.read_text())
-    print("ok", image.relative_to(out), f"({image.stat().st_size / 1e6:.1f} MB) + {sidecar.name}")
+        json.loads(image.with_name(prefix + "desc-harmonized_T1w.json").read_text())
+        print("ok", image.relative_to(out), f"({image.stat().st_size / 1e6:.1f} MB) and its", len(SIBLINGS), "companions")
+reports = [p for p in out.glob("*.html") if p.name != "group_report.html"]
+if len(reports) != len(native):
+    errors.append(f"{len(reports)} participant HTML reports for {len(native)} jobs")
+partial = [p for p in out.rglob(".*.tmp")]
+if partial:
+    errors.append(f"partial files left: {partial[:3]}")
 desc = json.loads((out / "dataset_description.json").read_text())
 containers = [g.get("Container") for g in desc.get("GeneratedBy", []) if g.get("Container")]
 if {"Type": "docker", "Tag": tag} not in containers:
     errors.append(f"dataset_description.json: GeneratedBy has no Container {{'Type': 'docker', 'Tag': '{tag}'}}: {containers}")
 else:
     print("ok dataset_description.json GeneratedBy Container:", containers[0])
-for name in ("group_bhd.tsv",):
+for name in ("logs/CITATION.md", "group_bhd.tsv", "group_report.html"):
     if (out / name).is_file():
         print("ok", name)
     else:
-        errors.append(f"the group level wrote no {name}")
+        errors.append(f"no {name}")
 foreign = [p for p in out.rglob("*") if p.stat().st_uid != uid]
 if foreign:
     errors.append(f"{len(foreign)} output files not owned by uid {uid}, e.g. {foreign[0]}")
+else:
+    print("ok every output file belongs to uid", uid)
 if errors:
     print("\n".join("FAILED " + e for e in errors), file=sys.stderr)
     sys.exit(1)

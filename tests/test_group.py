@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -118,6 +119,17 @@ def test_group_level_without_travelers_or_participants_tsv(participant_run, tmp_
     assert main([str(ds), str(out), "group"]) == 0
     assert (out / "group_traveling.tsv").read_text() == ""
     assert "No subject was seen on two scanners" in (out / "group_report.html").read_text()
+
+
+def test_group_level_leaves_nothing_in_the_temp_folder(participant_run, tmp_path, monkeypatch):
+    """antspyx's Atropos and registration leave their images in the temp folder (a shared /tmp under Singularity)."""
+    tmp, out = tmp_path / "tmp", tmp_path / "out"
+    tmp.mkdir()
+    shutil.copytree(participant_run.out, out)
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    assert main([str(participant_run.ds), str(out), "group"]) == 0
+    assert sorted(p.name for p in tmp.iterdir()) == []
 
 
 def test_group_level_with_another_model_is_a_one_line_error(participant_run, tmp_path, capsys):

@@ -60,13 +60,14 @@ def check_inputs(jobs, crash_dir: Path) -> tuple[list, list[tuple[object, str]]]
 
 
 @contextmanager
-def temporary_dir_in(work_dir: Path):
-    """Point TMPDIR (and Python's tempfile) at a fresh folder in the work directory; remove it at the end.
+def temporary_dir_in(parent: Path):
+    """Point TMPDIR (and Python's tempfile) at a fresh folder in ``parent``; remove it at the end.
 
-    Libraries that write to the system temp folder (antspyx, nipype workers) then write there.
+    Libraries that write to the system temp folder and leave files there (antspyx's Atropos and registration,
+    nipype workers) then write there.
     """
-    work_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="tmp-", dir=work_dir))
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="tmp-", dir=parent))
     saved = os.environ.get("TMPDIR"), tempfile.tempdir
     os.environ["TMPDIR"], tempfile.tempdir = str(tmp), str(tmp)
     try:
@@ -213,7 +214,8 @@ def _validate_input(bids_dir: Path) -> None:
 def run_group(args) -> int:
     from ..group import run_group_level
 
-    return run_group_level(args.bids_dir, args.output_dir, args.model)
+    with temporary_dir_in(Path(tempfile.gettempdir())):  # the group level needs no work directory
+        return run_group_level(args.bids_dir, args.output_dir, args.model)
 
 
 def _configure_logging(verbose: int) -> None:
