@@ -1,4 +1,4 @@
-"""Tests of bhd_app.bids on small real BIDS datasets.
+"""Tests of bhd_app.pipeline.bids on small real BIDS datasets.
 
 The images are real heads from the IXI dataset (Hammersmith Hospital, Philips 3T; CC BY-SA 3.0,
 brain-development.org; see ../shared/data/IXI/SOURCE.md beside the repository), copied into datasets built in tmp_path.
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from bhd_app import bids as B
+from bhd_app.pipeline import bids as B
 from bhd_app.errors import BHDInputError
-from bhd_app.templates import RESOLUTION_LABEL, RESOLUTION_TEXT, TEMPLATE_SPACE
+from bhd_app.pipeline.templates import RESOLUTION_LABEL, RESOLUTION_TEXT, TEMPLATE_SPACE
 
 IXI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "IXI"
 HEADS = sorted(IXI.glob("IXI01[2-5]-HH-*-T1_ds.nii.gz"))

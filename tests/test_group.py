@@ -1,4 +1,4 @@
-"""Tests of the group level's downstream measures (bhd_app.site_effects, bhd_app.group), the console progress
+"""Tests of the group level's downstream measures (bhd_app.pipeline.site_effects, bhd_app.pipeline.group), the console progress
 and the methods text.
 
 The images are the session's simulated subject on the coarse 32^3 grid (conftest ``small_subject``); the
@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bhd_app import site_effects
-from bhd_app.boilerplate import methods_text
+from bhd_app.pipeline import site_effects
+from bhd_app.pipeline.boilerplate import methods_text
 from bhd_app.cli.run import main
 from bhd_app.config import T1W
-from bhd_app.progress import JobProgress
+from bhd_app.pipeline.progress import JobProgress
 
 
 def read_tsv(path) -> list[dict]:
@@ -121,7 +121,7 @@ def test_group_level_without_travelers_or_participants_tsv(participant_run, tmp_
 
 
 def test_group_level_with_another_model_is_a_one_line_error(participant_run, tmp_path, capsys):
-    from bhd_app.harmonize import load_model, save_model
+    from bhd_app.method.harmonize import load_model, save_model
 
     model = load_model()
     other = tmp_path / "other.pt"
@@ -192,7 +192,7 @@ def test_samples_4_writes_an_uncertainty_map_the_report_shows(examples, tmp_path
 
     import nibabel as nib
 
-    from bhd_app.bids import BIDSValidatorMissing, run_bids_validator
+    from bhd_app.pipeline.bids import BIDSValidatorMissing, run_bids_validator
     from conftest import small_dataset
 
     ds = small_dataset(examples, tmp_path / "ds", [("03", "sonata", "T1w")])

@@ -1,4 +1,4 @@
-"""Tests of bhd_app.harmonize: the model file and card, device choice, generation and harmonization (eq. 4).
+"""Tests of bhd_app.method.harmonize: the model file and card, device choice, generation and harmonization (eq. 4).
 
 The networks are small untrained U-Nets with seeded random weights; the images are the session's simulated
 subject rendered on a coarse 32^3 grid (conftest ``small_grid``).
@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from bhd_app.baselines import histogram_matching, target_quantiles
+from bhd_app.method.baselines import histogram_matching, target_quantiles
 from bhd_app.errors import BHDInputError
-from bhd_app.flow import from_flow_space, to_flow_space
-from bhd_app.metrics import ncc
-from bhd_app.harmonize import (HarmonizationModel, generate, harmonize, load_model, save_model, select_device,
+from bhd_app.method.flow import from_flow_space, to_flow_space
+from bhd_app.evaluation.metrics import ncc
+from bhd_app.method.harmonize import (HarmonizationModel, generate, harmonize, load_model, save_model, select_device,
                                sha256_of)
-from bhd_app.model import EdgeToImageUNet, UNetConfig
-from bhd_app.refinement import refine
+from bhd_app.method.model import EdgeToImageUNet, UNetConfig
+from bhd_app.method.refinement import refine
 
 
 def random_net(seed: int = 0, zero_head: bool = False) -> EdgeToImageUNet:

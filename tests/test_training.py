@@ -1,4 +1,4 @@
-"""Tests of bhd_app.training: multi-stride patches (section 3.4), the loop, checkpoints and resume.
+"""Tests of bhd_app.training.trainer: multi-stride patches (section 3.4), the loop, checkpoints and resume.
 
 The loop tests train tiny networks on the session's simulated target-domain (trio3t) image and its edge map.
 """
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from bhd_app.edges import canny_edges
-from bhd_app.flow import to_flow_space
-from bhd_app.model import EdgeToImageUNet, UNetConfig, coordinate_grid
-from bhd_app.training import PatchSampler, TrainConfig, Trainer, patch_slices, patch_strides
+from bhd_app.method.edges import canny_edges
+from bhd_app.method.flow import to_flow_space
+from bhd_app.method.model import EdgeToImageUNet, UNetConfig, coordinate_grid
+from bhd_app.training.trainer import PatchSampler, TrainConfig, Trainer, patch_slices, patch_strides
 
 GRID = (128, 160, 136)
 
@@ -287,10 +287,10 @@ def test_validator_logs_the_fixed_settings_and_the_participant_defaults(target, 
     import csv
     import json
 
-    from bhd_app.baselines import target_quantiles
+    from bhd_app.method.baselines import target_quantiles
     from bhd_app.config import T1W
     from bhd_app.cli.train import Validator
-    from bhd_app.validation import TravelingSubject
+    from bhd_app.training.validation import TravelingSubject
 
     source, reference, mask = small_subject["vision15t"], small_subject["trio3t"], small_subject["mask"]
     subjects = [TravelingSubject(1, "vision15t", source, reference, mask)]

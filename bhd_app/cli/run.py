@@ -39,7 +39,7 @@ def check_inputs(jobs, crash_dir: Path) -> tuple[list, list[tuple[object, str]]]
 
     Warnings (NaN voxels set to 0, ...) are logged as one line each; a bad input gets a crash file.
     """
-    from ..preprocessing import load_anatomical
+    from ..pipeline.preprocessing import load_anatomical
 
     good, bad = [], []
     for job in jobs:
@@ -96,12 +96,12 @@ def plugin_arguments(text: str | None) -> dict:
 
 
 def run_participant(args) -> int:
-    from ..boilerplate import write_methods
-    from ..bids import check_output_dir, collect_jobs, load_bids_filters, load_layout, write_dataset_description
-    from ..derivatives import job_is_complete
-    from ..harmonize import load_model, select_device
-    from ..progress import JobProgress
-    from ..workflows import init_participant_wf
+    from ..pipeline.boilerplate import write_methods
+    from ..pipeline.bids import check_output_dir, collect_jobs, load_bids_filters, load_layout, write_dataset_description
+    from ..pipeline.derivatives import job_is_complete
+    from ..method.harmonize import load_model, select_device
+    from ..pipeline.progress import JobProgress
+    from ..pipeline.workflows import init_participant_wf
 
     plugin_args = plugin_arguments(args.plugin_args)
     work_dir = args.work_dir or Path.cwd() / "work"
@@ -196,7 +196,7 @@ def _crash_message(crash_dir: Path, job) -> str | None:
 
 
 def _validate_input(bids_dir: Path) -> None:
-    from ..bids import BIDSValidatorMissing, run_bids_validator
+    from ..pipeline.bids import BIDSValidatorMissing, run_bids_validator
 
     try:
         ok, summary = run_bids_validator(bids_dir)
@@ -211,7 +211,7 @@ def _validate_input(bids_dir: Path) -> None:
 
 
 def run_group(args) -> int:
-    from ..group import run_group_level
+    from ..pipeline.group import run_group_level
 
     return run_group_level(args.bids_dir, args.output_dir, args.model)
 

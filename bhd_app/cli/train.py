@@ -23,13 +23,13 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..baselines import target_quantiles, target_spectrum
+from ..method.baselines import target_quantiles, target_spectrum
 from ..config import T1W, HarmonizationSettings, card_defaults
 from ..errors import BHDInputError
-from ..harmonize import HarmonizationModel, load_model, save_model, select_device
-from ..model import UNetConfig
-from ..target_data import bids_target_data, load_cache, save_cache, synthetic_target_data
-from ..training import Distributed, PatchSampler, TrainConfig, Trainer
+from ..method.harmonize import HarmonizationModel, load_model, save_model, select_device
+from ..method.model import UNetConfig
+from ..training.data import bids_target_data, load_cache, save_cache, synthetic_target_data
+from ..training.trainer import Distributed, PatchSampler, TrainConfig, Trainer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,7 +220,7 @@ class Validator:
                                            refine_step_rule="rms", refine_reference="source")
 
     def __init__(self, run_dir: Path, quantiles: np.ndarray, every_s: float, subjects: list | None = None):
-        from ..validation import traveling_subjects
+        from ..training.validation import traveling_subjects
 
         self.log = run_dir / "validation.tsv"
         self.quantiles = quantiles
@@ -230,7 +230,7 @@ class Validator:
         self.settings = [self.FIXED_SETTINGS, T1W]
 
     def __call__(self, trainer: Trainer) -> None:
-        from ..validation import validate
+        from ..training.validation import validate
 
         if time.monotonic() - self.last < self.every_s:
             return

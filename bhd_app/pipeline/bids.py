@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from .errors import BHDInputError
+from ..errors import BHDInputError
 
 if TYPE_CHECKING:
     from bids import BIDSLayout

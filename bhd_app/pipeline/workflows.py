@@ -40,9 +40,9 @@ def run_preprocessing(in_file: str, contrast: str, brain_extraction: str, seed: 
 
     import nibabel as nib
 
-    from bhd_app.preprocessing import preprocess
-    from bhd_app.templates import harmonization_grid
-    from bhd_app.workflows import save_nifti
+    from bhd_app.pipeline.preprocessing import preprocess
+    from bhd_app.pipeline.templates import harmonization_grid
+    from bhd_app.pipeline.workflows import save_nifti
 
     cwd = os.getcwd()
     pre = preprocess(in_file, cwd, brain_extraction=brain_extraction, seed=seed, n_threads=omp_nthreads,
@@ -70,11 +70,11 @@ def run_harmonization(preproc_file: str, mask_file: str, settings: dict, device:
     import numpy as np
     import torch
 
-    from bhd_app.baselines import SSIMH_CUTOFF, histogram_matching, spectrum_swapping
+    from bhd_app.method.baselines import SSIMH_CUTOFF, histogram_matching, spectrum_swapping
     from bhd_app.config import HarmonizationSettings
-    from bhd_app.edges import canny_edges
-    from bhd_app.harmonize import harmonize, load_model, select_device
-    from bhd_app.workflows import save_nifti
+    from bhd_app.method.edges import canny_edges
+    from bhd_app.method.harmonize import harmonize, load_model, select_device
+    from bhd_app.pipeline.workflows import save_nifti
 
     torch.set_num_threads(max(int(omp_nthreads), 1))
     cwd = os.getcwd()
@@ -120,7 +120,7 @@ def run_to_native(grid_file: str, xfm_file: str, in_file: str):
     import nibabel as nib
     import numpy as np
 
-    from bhd_app.preprocessing import to_native
+    from bhd_app.pipeline.preprocessing import to_native
 
     out_file = os.path.join(os.getcwd(), "native.nii.gz")
     native = to_native(np.asarray(nib.load(grid_file).dataobj, dtype=np.float32), xfm_file, in_file)
@@ -133,7 +133,7 @@ def run_derivatives(job_json: str, out_dir: str, bids_dir: str, settings: dict, 
                     edges_file: str, harmonization_info: str, native_file: str, native_mask_file: str,
                     uncertainty_file: str = ""):
     """Node: write this job's BIDS derivatives (atomically) and return the path of the main output."""
-    from bhd_app.derivatives import write_job_derivatives
+    from bhd_app.pipeline.derivatives import write_job_derivatives
 
     return write_job_derivatives(job_json, out_dir, bids_dir, settings, preproc_file, mask_file, xfm_file,
                                  preproc_info, harmonized_file, generated_file, edges_file, harmonization_info,
@@ -152,7 +152,7 @@ def init_job_wf(job: Job, out_dir: Path, bids_dir: Path, settings: dict, device:
     """The workflow of one job: preprocessing, harmonization, native-space image, derivatives.
 
     Example:
-        >>> from bhd_app.bids import Job
+        >>> from bhd_app.pipeline.bids import Job
         >>> job = Job("01", "trio", "T1w", Path("sub-01_ses-trio_T1w.nii.gz"), {}, {})
         >>> wf = init_job_wf(job, Path("out"), Path("."), {"method": "none"})
         >>> sorted(wf.list_node_names())

@@ -14,7 +14,7 @@ import shutil
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from . import __version__
+from .. import __version__
 from .bids import Job, bids_uri, derivative_path
 from .templates import RESOLUTION_LABEL, RESOLUTION_TEXT, TEMPLATE_SPACE
 
@@ -70,7 +70,7 @@ def _report(job: Job, preproc_file: str, mask_file: str, edges_file: str, genera
     import nibabel as nib
     import numpy as np
 
-    from .metrics import ncc
+    from ..evaluation.metrics import ncc
     from .reports import participant_report_html
     from .templates import template_on_grid
 

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .flow import rectified_flow_loss, to_flow_space, training_noise
-from .model import EdgeToImageUNet, UNetConfig, coordinate_grid
+from ..method.flow import rectified_flow_loss, to_flow_space, training_noise
+from ..method.model import EdgeToImageUNet, UNetConfig, coordinate_grid
 
 
 @dataclass

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .baselines import histogram_matching
-from .config import T1W, HarmonizationSettings
-from .edges import canny_edges
-from .harmonize import HarmonizationModel, generate, harmonize
-from .metrics import fidelity, lesion_contrast
-from .simulation import PROTOCOLS, TARGET_PROTOCOL, Anatomy, make_anatomy, render_on_grid
-from .templates import Grid, harmonization_grid
+from ..method.baselines import histogram_matching
+from ..config import T1W, HarmonizationSettings
+from ..method.edges import canny_edges
+from ..method.harmonize import HarmonizationModel, generate, harmonize
+from ..evaluation.metrics import fidelity, lesion_contrast
+from ..evaluation.simulation import PROTOCOLS, TARGET_PROTOCOL, Anatomy, make_anatomy, render_on_grid
+from ..pipeline.templates import Grid, harmonization_grid
 
 VALIDATION_SEEDS = (3001, 3002)
 VALIDATION_SOURCES = ("sonata15t", "vision15t")

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from .baselines import histogram_matching
-from .config import T1W, HarmonizationSettings, default_model_path
+from ..config import T1W, HarmonizationSettings, default_model_path
 from .edges import canny_edges
-from .errors import BHDInputError
+from ..errors import BHDInputError
 from .flow import from_flow_space, sample, to_flow_space
 from .model import EdgeToImageUNet, UNetConfig, coordinate_grid
 from .refinement import refine

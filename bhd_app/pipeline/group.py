@@ -30,7 +30,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
 from .bids import atomic_write_texts
-from .errors import BHDInputError
+from ..errors import BHDInputError
 from .templates import RESOLUTION_LABEL, TEMPLATE_SPACE
 
 PERCENTILES = (5, 25, 50, 75, 95)
@@ -169,7 +169,7 @@ def measure_images(records: list[dict], target_quantiles: np.ndarray) -> dict[st
 
     Each entry holds the image (D, H, W), the brain mask, the tissue labels, the volumes and the features.
     """
-    from .baselines import histogram_matching
+    from ..method.baselines import histogram_matching
     from .site_effects import image_features, segment, tissue_volumes
 
     names = conditions(records[0]["method"])
@@ -253,7 +253,7 @@ def tsv_text(rows: list[dict]) -> str:
 
 def _target_quantiles(records: list[dict], model_path: Path | None) -> np.ndarray:
     """The model's target histogram (for histogram matching); the model must be the one the jobs used."""
-    from .harmonize import load_model
+    from ..method.harmonize import load_model
 
     model = load_model(model_path, "cpu")
     used = {r["model_sha256"] for r in records if r["model_sha256"]}
