@@ -50,7 +50,8 @@ import make_examples  # noqa: E402
 
 from bhd_app.method.baselines import histogram_matching, random_edges, spectrum_swapping  # noqa: E402
 from bhd_app.config import T1W  # noqa: E402
-from bhd_app.method.harmonize import harmonize, load_model  # noqa: E402
+from bhd_app.method.harmonize import harmonize  # noqa: E402
+from bhd_app.modelfile import load_model  # noqa: E402
 from bhd_app.evaluation.metrics import fidelity, lesion_contrast  # noqa: E402
 from bhd_app.method.refinement import refine  # noqa: E402
 from bhd_app.evaluation.simulation import PROTOCOLS, make_anatomy  # noqa: E402

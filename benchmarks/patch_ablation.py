@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bhd_app.method.harmonize import load_model
+from bhd_app.modelfile import load_model
 from bhd_app.training.validation import reconstruction_score, traveling_subjects
 
 REPO = Path(__file__).resolve().parents[1]

@@ -38,7 +38,8 @@ from bhd_app.evaluation.alterations import SOURCES, draw_lesions
 from bhd_app.method.baselines import (histogram_matching, random_edges, spectrum_swapping, target_quantiles,
                                target_spectrum)
 from bhd_app.config import preset
-from bhd_app.method.harmonize import harmonize, load_model
+from bhd_app.method.harmonize import harmonize
+from bhd_app.modelfile import load_model
 from bhd_app.evaluation.metrics import fidelity, lesion_contrast
 from bhd_app.method.refinement import refine
 from bhd_app.training.data import load_cache

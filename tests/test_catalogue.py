@@ -19,7 +19,7 @@ import torch
 
 from bhd_app.cli import train
 from bhd_app.cli.run import main
-from bhd_app.method.harmonize import sha256_of
+from bhd_app.modelfile import sha256_of
 from conftest import small_dataset
 
 VIDA = ("02", "vida", "T1w")

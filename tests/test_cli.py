@@ -13,7 +13,7 @@ import pytest
 from bhd_app import config
 from bhd_app.cli.parser import build_parser
 from bhd_app.cli.run import harmonization_settings, main
-from bhd_app.method.harmonize import default_model_path
+from bhd_app.config import default_model_path
 
 from conftest import small_dataset as _small_dataset
 
@@ -210,7 +210,7 @@ def test_a_new_model_redoes_cached_harmonization(participant_run, tmp_path):
 
     import torch
 
-    from bhd_app.method.harmonize import load_model, save_model
+    from bhd_app.modelfile import load_model, save_model
 
     model = load_model()
     path = tmp_path / "model.pt"

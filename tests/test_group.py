@@ -121,7 +121,7 @@ def test_group_level_without_travelers_or_participants_tsv(participant_run, tmp_
 
 
 def test_group_level_with_another_model_is_a_one_line_error(participant_run, tmp_path, capsys):
-    from bhd_app.method.harmonize import load_model, save_model
+    from bhd_app.modelfile import load_model, save_model
 
     model = load_model()
     other = tmp_path / "other.pt"

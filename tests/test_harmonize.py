@@ -1,4 +1,5 @@
-"""Tests of bhd_app.method.harmonize: the model file and card, device choice, generation and harmonization (eq. 4).
+"""Tests of bhd_app.modelfile (the model file and card, device choice) and bhd_app.method.harmonize
+(generation and harmonization, eq. 4).
 
 The networks are small untrained U-Nets with seeded random weights; the images are the session's simulated
 subject rendered on a coarse 32^3 grid (conftest ``small_grid``).
@@ -18,8 +19,8 @@ from bhd_app.method.baselines import histogram_matching, target_quantiles
 from bhd_app.errors import BHDInputError
 from bhd_app.method.flow import from_flow_space, to_flow_space
 from bhd_app.evaluation.metrics import ncc
-from bhd_app.method.harmonize import (HarmonizationModel, generate, harmonize, load_model, save_model, select_device,
-                               sha256_of)
+from bhd_app.method.harmonize import HarmonizationModel, generate, harmonize
+from bhd_app.modelfile import load_model, save_model, select_device, sha256_of
 from bhd_app.method.model import EdgeToImageUNet, UNetConfig
 from bhd_app.method.refinement import refine
 

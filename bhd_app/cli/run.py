@@ -99,7 +99,7 @@ def run_participant(args) -> int:
     from ..pipeline.boilerplate import write_methods
     from ..pipeline.bids import check_output_dir, collect_jobs, load_bids_filters, load_layout, write_dataset_description
     from ..pipeline.derivatives import job_is_complete
-    from ..method.harmonize import load_model, select_device
+    from ..modelfile import load_model, select_device
     from ..pipeline.progress import JobProgress
     from ..pipeline.workflows import init_participant_wf
 

@@ -26,7 +26,8 @@ from .. import __version__
 from ..method.baselines import target_quantiles, target_spectrum
 from ..config import T1W, HarmonizationSettings, card_defaults
 from ..errors import BHDInputError
-from ..method.harmonize import HarmonizationModel, load_model, save_model, select_device
+from ..method.harmonize import HarmonizationModel
+from ..modelfile import load_model, save_model, select_device
 from ..method.model import UNetConfig
 from ..training.data import bids_target_data, load_cache, save_cache, synthetic_target_data
 from ..training.trainer import Distributed, PatchSampler, TrainConfig, Trainer

@@ -86,7 +86,7 @@ def write_methods(out_dir: Path, settings_by_suffix: dict[str, dict], model_path
                   model_sha256: str | None, brain_extraction: str) -> Path:
     """Write ``logs/CITATION.md`` in the derivatives (replacing an older one) and return its path."""
     from .derivatives import software_versions
-    from ..method.harmonize import default_model_path
+    from ..config import default_model_path
 
     versions = software_versions()
     for pkg in ("deepbet", "scikit-learn"):

@@ -253,7 +253,7 @@ def tsv_text(rows: list[dict]) -> str:
 
 def _target_quantiles(records: list[dict], model_path: Path | None) -> np.ndarray:
     """The model's target histogram (for histogram matching); the model must be the one the jobs used."""
-    from ..method.harmonize import load_model
+    from ..modelfile import load_model
 
     model = load_model(model_path, "cpu")
     used = {r["model_sha256"] for r in records if r["model_sha256"]}

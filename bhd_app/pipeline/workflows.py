@@ -73,7 +73,8 @@ def run_harmonization(preproc_file: str, mask_file: str, settings: dict, device:
     from bhd_app.method.baselines import SSIMH_CUTOFF, histogram_matching, spectrum_swapping
     from bhd_app.config import HarmonizationSettings
     from bhd_app.method.edges import canny_edges
-    from bhd_app.method.harmonize import harmonize, load_model, select_device
+    from bhd_app.method.harmonize import harmonize
+    from bhd_app.modelfile import load_model, select_device
     from bhd_app.pipeline.workflows import save_nifti
 
     torch.set_num_threads(max(int(omp_nthreads), 1))
