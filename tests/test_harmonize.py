@@ -8,13 +8,17 @@ subject rendered on a coarse 32^3 grid (conftest ``small_grid``).
 from __future__ import annotations
 
 import copy
-
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import bhd_app
 from bhd_app.method.baselines import histogram_matching, target_quantiles
 from bhd_app.errors import BHDInputError
 from bhd_app.method.flow import from_flow_space, to_flow_space
@@ -237,3 +241,19 @@ def test_generate_from_an_edge_map_is_edge_dependent():
     a = generate(model, edge_cube(), steps=2, seed=0)
     b = generate(model, np.zeros((16, 16, 16), np.uint8), steps=2, seed=0)
     assert np.abs(a - b).max() > 0.01
+
+
+def test_the_method_imports_nothing_of_bids_nifti_or_the_pipeline():
+    """``bhd_app.method`` works on arrays: importing all of it loads neither BIDS, NIfTI, nipype nor the layers above."""
+    code = ("import sys, bhd_app.method.harmonize, bhd_app.method.baselines, bhd_app.method.intensity; "
+            "print(' '.join(m for m in ('bids', 'nibabel', 'nipype', 'ants', 'bhd_app.pipeline', 'bhd_app.training', "
+            "'bhd_app.evaluation', 'bhd_app.modelfile', 'bhd_app.cli') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(bhd_app.__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert loaded.stdout.strip() == ""
+    # The check sees a loaded module: the pipeline does load nibabel.
+    code_pipeline = code.replace("bhd_app.method.harmonize,", "bhd_app.pipeline.group,")
+    loaded = subprocess.run([sys.executable, "-c", code_pipeline], capture_output=True, text=True, check=True,
+                            env=env)
+    assert "nibabel" in loaded.stdout.split()

@@ -97,7 +97,8 @@ def plugin_arguments(text: str | None) -> dict:
 
 def run_participant(args) -> int:
     from ..pipeline.boilerplate import write_methods
-    from ..pipeline.bids import check_output_dir, collect_jobs, load_bids_filters, load_layout, write_dataset_description
+    from ..pipeline.bids import (check_output_dir, collect_jobs, load_bids_filters, load_layout,
+                                 write_dataset_description)
     from ..pipeline.derivatives import job_is_complete
     from ..modelfile import load_model, select_device
     from ..pipeline.progress import JobProgress
