@@ -28,7 +28,8 @@ from bhd_app.method.baselines import histogram_matching
 from bhd_app.method.model import UNetConfig
 from bhd_app.method.refinement import refine
 from bhd_app.evaluation.simulation import PROTOCOLS, make_anatomy, render_on_grid
-from bhd_app.training.trainer import PatchSampler, TrainConfig, Trainer
+from bhd_app.training.patches import PatchSampler
+from bhd_app.training.trainer import TrainConfig, Trainer
 
 
 def main() -> None:

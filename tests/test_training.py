@@ -1,4 +1,4 @@
-"""Tests of bhd_app.training.trainer: multi-stride patches (section 3.4), the loop, checkpoints and resume.
+"""Tests of bhd_app.training.patches and .trainer: multi-stride patches (section 3.4), the loop, checkpoints and resume.
 
 The loop tests train tiny networks on the session's simulated target-domain (trio3t) image and its edge map.
 """
@@ -12,7 +12,8 @@ import torch
 from bhd_app.method.edges import canny_edges
 from bhd_app.method.flow import to_flow_space
 from bhd_app.method.model import EdgeToImageUNet, UNetConfig, coordinate_grid
-from bhd_app.training.trainer import PatchSampler, TrainConfig, Trainer, patch_slices, patch_strides
+from bhd_app.training.patches import PatchSampler, patch_slices, patch_strides
+from bhd_app.training.trainer import TrainConfig, Trainer
 
 GRID = (128, 160, 136)
 

@@ -30,7 +30,8 @@ from ..method.harmonize import HarmonizationModel
 from ..modelfile import load_model, save_model, select_device
 from ..method.model import UNetConfig
 from ..training.data import bids_target_data, load_cache, save_cache, synthetic_target_data
-from ..training.trainer import Distributed, PatchSampler, TrainConfig, Trainer
+from ..training.patches import PatchSampler
+from ..training.trainer import Distributed, TrainConfig, Trainer
 
 
 def build_parser() -> argparse.ArgumentParser:
