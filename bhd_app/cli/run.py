@@ -99,6 +99,7 @@ def run_participant(args) -> int:
     from ..pipeline.boilerplate import write_methods
     from ..pipeline.bids import (check_output_dir, collect_jobs, load_bids_filters, load_layout,
                                  write_dataset_description)
+    from ..pipeline.crashes import read_crashes
     from ..pipeline.derivatives import job_is_complete
     from ..modelfile import load_model, select_device
     from ..pipeline.progress import JobProgress
@@ -162,38 +163,16 @@ def run_participant(args) -> int:
             finally:
                 if progress is not None:
                     progress.close()
+        crashes = read_crashes(crash_dir)
         for job in todo:
             if not job_is_complete(args.output_dir, job):
-                failed.append((job, _crash_message(crash_dir, job) or "failed; see the crash files in " + str(crash_dir)))
+                newest = [c for c in crashes if c.is_of(job.name)][-1:]
+                failed.append((job, newest[0].message if newest else f"failed; see the crash files in {crash_dir}"))
     done = [j for j in jobs if job_is_complete(args.output_dir, j)]
     print(f"bhd: {len(done)} of {len(jobs)} jobs complete in {args.output_dir}")
     for job, message in failed:
         print(f"bhd: FAILED {job.name}: {message}", file=sys.stderr)
     return EXIT_JOBS_FAILED if failed else 0
-
-
-def crash_files(crash_dir: Path, job) -> list[Path]:
-    """A job's crash files, oldest first: nipype's name only the node, their first line names the workflow."""
-    tag = job.name.replace("-", "_")
-    found = []
-    for crash in crash_dir.glob("crash-*.txt") if crash_dir.exists() else []:
-        with open(crash, errors="replace") as f:
-            first = f.readline()
-        if tag in crash.name or f".{tag}." in first:
-            found.append(crash)
-    return sorted(found, key=os.path.getmtime)
-
-
-def _crash_message(crash_dir: Path, job) -> str | None:
-    """The last line of the newest crash file of a job's nodes (the user-facing error when there is one)."""
-    for crash in reversed(crash_files(crash_dir, job)):
-        lines = [ln.strip() for ln in crash.read_text(errors="replace").splitlines() if ln.strip()]
-        for line in reversed(lines):
-            if "BHDInputError:" in line:
-                return line.split("BHDInputError:", 1)[1].strip()
-        if lines:
-            return f"{lines[-1]} (crash file: {crash})"
-    return None
 
 
 def _validate_input(bids_dir: Path) -> None:
@@ -214,7 +193,8 @@ def _validate_input(bids_dir: Path) -> None:
 def run_group(args) -> int:
     from ..pipeline.group import run_group_level
 
-    return run_group_level(args.bids_dir, args.output_dir, args.model)
+    database_dir = args.work_dir / "pybids" if args.work_dir else None
+    return run_group_level(args.bids_dir, args.output_dir, args.model, database_dir)
 
 
 def _configure_logging(verbose: int) -> None:

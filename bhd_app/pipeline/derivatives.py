@@ -1,21 +1,20 @@
-"""Writing one job's BIDS derivatives: names, sidecars, atomic commit.
+"""One job's BIDS derivatives: their names (``output_paths``), sidecars and report.
 
-All files of a job are first written under temporary names next to their final
-place, then renamed; the harmonized image's sidecar is renamed last and marks
-the job complete (``job_is_complete``), so an interrupted run leaves nothing
-that a re-run would take for a finished job.
+Every file is written under a temporary name next to its final place, then
+renamed; the harmonized image's sidecar comes last and marks the job complete
+(``job_is_complete``), so an interrupted run leaves nothing that a re-run would
+take for a finished job.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from .. import __version__
-from .bids import Job, bids_uri, derivative_path
+from .bids import Job, atomic_write_texts, bids_uri, derivative_path, sidecar_path, write_sidecars
 from .templates import RESOLUTION_LABEL, RESOLUTION_TEXT, TEMPLATE_SPACE
 
 SPATIAL_REFERENCE = {TEMPLATE_SPACE: "MNI152 2009a nonlinear symmetric template as shipped by nilearn "
@@ -32,10 +31,15 @@ def software_versions() -> dict[str, str]:
     return out
 
 
-def output_paths(out_dir: Path, job: Job) -> dict[str, Path]:
-    """Every file a job writes (without sidecars), by role."""
+def output_paths(out_dir: Path, job: Job, *, uncertainty: bool = False) -> dict[str, Path]:
+    """Every file a job writes, by role: the one place their names are made (``bids.derivative_path``).
+
+    Sidecars are ``bids.sidecar_path`` of their image. The uncertainty map (``uncertainty``) exists only
+    with several averaged draws; the HTML report is named after the input file.
+    """
+    out_dir = Path(out_dir)
     grid = {"space": TEMPLATE_SPACE, "res": RESOLUTION_LABEL}
-    return {
+    paths = {
         "preproc": derivative_path(out_dir, job, **grid, desc="preproc", suffix=job.suffix, extension=".nii.gz"),
         "mask": derivative_path(out_dir, job, **grid, desc="brain", suffix="mask", extension=".nii.gz"),
         "edges": derivative_path(out_dir, job, **grid, desc="edges", suffix="mask", extension=".nii.gz"),
@@ -44,24 +48,24 @@ def output_paths(out_dir: Path, job: Job) -> dict[str, Path]:
         "harmonized": derivative_path(out_dir, job, **grid, desc="harmonized", suffix="T1w", extension=".nii.gz"),
         "native": derivative_path(out_dir, job, desc="harmonized", suffix="T1w", extension=".nii.gz"),
         "native_mask": derivative_path(out_dir, job, desc="brain", suffix="mask", extension=".nii.gz"),
+        "report": out_dir / f"{job.name}.html",
     }
+    if uncertainty:
+        paths["uncertainty"] = derivative_path(out_dir, job, **grid, desc="uncertainty", suffix="T1w",
+                                               extension=".nii.gz")
+    return paths
 
 
-def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name.replace(".nii.gz", ".json"))
+# The files that make a job complete; the harmonized image's sidecar is written last.
+_COMPLETE = ("preproc", "mask", "edges", "xfm", "harmonized", "native", "native_mask")
+_WITHOUT_SIDECAR = ("xfm",)
 
 
 def job_is_complete(out_dir: Path, job: Job) -> bool:
     """True when every output and sidecar of the job exists (the completion marker is written last)."""
     paths = output_paths(out_dir, job)
-    needed = list(paths.values()) + [_sidecar(p) for k, p in paths.items() if k != "xfm"]
+    needed = [paths[r] for r in _COMPLETE] + [sidecar_path(paths[r]) for r in _COMPLETE if r not in _WITHOUT_SIDECAR]
     return all(p.exists() for p in needed)
-
-
-def uncertainty_path(out_dir: Path, job: Job) -> Path:
-    """The uncertainty map's name (written only with ``samples`` > 1, so not one of ``output_paths``)."""
-    return derivative_path(out_dir, job, space=TEMPLATE_SPACE, res=RESOLUTION_LABEL, desc="uncertainty",
-                           suffix="T1w", extension=".nii.gz")
 
 
 def _report(job: Job, preproc_file: str, mask_file: str, edges_file: str, generated_file: str,
@@ -95,88 +99,70 @@ def _report(job: Job, preproc_file: str, mask_file: str, edges_file: str, genera
                                    nib.load(preproc_file).affine)
 
 
-def job_from_json(text: str) -> Job:
-    d = json.loads(text)
-    return Job(d["subject"], d["session"], d["suffix"], Path(d["path"]), d["entities"], d["metadata"])
-
-
-def write_job_derivatives(job_json: str, out_dir: str, bids_dir: str, settings: dict, preproc_file: str,
-                          mask_file: str, xfm_file: str, preproc_info: str, harmonized_file: str,
-                          generated_file: str, edges_file: str, harmonization_info: str, native_file: str,
-                          native_mask_file: str, uncertainty_file: str = "") -> str:
+def write_job_derivatives(job: Job, out_dir: Path, bids_dir: Path, settings: dict, files: dict[str, str],
+                          preprocessing: dict, harmonization: dict) -> Path:
     """Copy a job's results into the derivatives dataset with their sidecars and the job's HTML report.
 
-    With several averaged draws, ``uncertainty_file`` (their per-voxel standard deviation) is written too.
-    Returns the harmonized image's path.
+    ``files`` maps the roles of ``output_paths`` (and ``generated``, the edge-to-image output the
+    report shows) to the files the workflow made; ``preprocessing`` and ``harmonization`` are what
+    those steps recorded (settings, timings, model, device). With several averaged draws,
+    ``files["uncertainty"]`` (their per-voxel standard deviation) is written too. Images go first,
+    then the sidecars, the harmonized image's last. Returns the harmonized image's path.
     """
-    job = job_from_json(job_json)
     out_dir = Path(out_dir)
-    paths = output_paths(out_dir, job)
-    if uncertainty_file:
-        paths["uncertainty"] = uncertainty_path(out_dir, job)
-    pre = json.loads(Path(preproc_info).read_text())
-    har = json.loads(Path(harmonization_info).read_text())
+    paths = output_paths(out_dir, job, uncertainty=bool(files.get("uncertainty")))
+    pre, har = preprocessing, harmonization
     source = bids_uri(job.path, bids_dir)
     grid_fields = {"SpatialReference": SPATIAL_REFERENCE, "Resolution": {RESOLUTION_LABEL: RESOLUTION_TEXT},
                    "SkullStripped": True}
     common = {"PipelineSoftware": software_versions()}
-    harmonization = {k: v for k, v in settings.items() if k not in ("model", "model_sha256")}
-    harmonization.update(ModelFile=Path(har["model_file"]).name if har["model_file"] else None,
-                         ModelSHA256=har["model_sha256"],
-                         Device=har["device"], RefinementHistory=har["refinement_history"])
+    recorded = {k: v for k, v in settings.items() if k not in ("model", "model_sha256")}
+    recorded.update(ModelFile=Path(har["model_file"]).name if har["model_file"] else None,
+                    ModelSHA256=har["model_sha256"],
+                    Device=har["device"], RefinementHistory=har["refinement_history"])
     if "ssimh_cutoff" in har:  # DCT coefficients per axis swapped with the target average
-        harmonization["SSIMHCutoff"] = har["ssimh_cutoff"]
-    contents = {
-        "preproc": (preproc_file, {**grid_fields, **common, "Sources": [source],
-                                   "Description": "Bias-corrected, brain-extracted, affinely registered and "
-                                                  "1st-99th percentile normalized image (bhd preprocessing)",
-                                   "Preprocessing": pre["settings"], "TimingsSeconds": pre["timings"]}),
-        "mask": (mask_file, {**grid_fields, **common, "Sources": [source], "Type": "Brain",
-                             "Description": "Brain mask on the harmonization grid"}),
-        "edges": (edges_file, {**grid_fields, **common, "Type": "ROI",
-                               "Sources": [bids_uri(paths["preproc"], out_dir)],
-                               "Description": "3D Canny edge map with the subject-level threshold giving 8% edge "
-                                              "voxels (BlindHarmonyDiff section 3.2)"}),
-        "xfm": (xfm_file, None),
-        "harmonized": (harmonized_file, {**grid_fields, **common, "Sources": [source],
-                                         "Description": f"{job.suffix} harmonized to the target domain "
-                                                        f"of the model (T1w contrast)",
-                                         "Harmonization": harmonization}),
-        "native": (native_file, {**common, "SkullStripped": True, "Sources": [source],
-                                 "Description": "Harmonized image resampled back onto the input's native grid",
-                                 "Harmonization": harmonization}),
-        "native_mask": (native_mask_file, {**common, "Sources": [source], "Type": "Brain",
-                                           "Description": "Brain mask on the input's native grid (the brain "
-                                                          "extraction of bhd preprocessing)"}),
+        recorded["SSIMHCutoff"] = har["ssimh_cutoff"]
+    sidecars = {
+        "preproc": {**grid_fields, **common, "Sources": [source],
+                    "Description": "Bias-corrected, brain-extracted, affinely registered and "
+                                   "1st-99th percentile normalized image (bhd preprocessing)",
+                    "Preprocessing": pre["settings"], "TimingsSeconds": pre["timings"]},
+        "mask": {**grid_fields, **common, "Sources": [source], "Type": "Brain",
+                 "Description": "Brain mask on the harmonization grid"},
+        "edges": {**grid_fields, **common, "Type": "ROI", "Sources": [bids_uri(paths["preproc"], out_dir)],
+                  "Description": "3D Canny edge map with the subject-level threshold giving 8% edge "
+                                 "voxels (BlindHarmonyDiff section 3.2)"},
+        "harmonized": {**grid_fields, **common, "Sources": [source],
+                       "Description": f"{job.suffix} harmonized to the target domain of the model (T1w contrast)",
+                       "Harmonization": recorded},
+        "native": {**common, "SkullStripped": True, "Sources": [source],
+                   "Description": "Harmonized image resampled back onto the input's native grid",
+                   "Harmonization": recorded},
+        "native_mask": {**common, "Sources": [source], "Type": "Brain",
+                        "Description": "Brain mask on the input's native grid (the brain extraction of bhd "
+                                       "preprocessing)"},
     }
-    if uncertainty_file:
-        contents["uncertainty"] = (uncertainty_file, {
+    if "uncertainty" in paths:
+        sidecars["uncertainty"] = {
             **grid_fields, **common, "Sources": [bids_uri(paths["preproc"], out_dir)],
             "Description": f"Per-voxel standard deviation over the {settings.get('samples')} edge-to-image draws "
                            "averaged before the refinement (normalized intensity units, 0 outside the brain): "
                            "where the model is unsure of the harmonized intensity",
-            "Units": "arbitrary", "Harmonization": harmonization})
-    staged: list[tuple[Path, Path]] = []
-    report = out_dir / f"{job.name}.html"
-    report_tmp = report.with_name(f".{report.name}.tmp")
-    report_tmp.write_text(_report(job, preproc_file, mask_file, edges_file, generated_file, harmonized_file,
-                                  {**pre["timings"], "harmonization": har["seconds"]}, harmonization,
-                                  pre["settings"], uncertainty_file))
-    staged.append((report_tmp, report))
-    for role, (src, sidecar) in contents.items():
+            "Units": "arbitrary", "Harmonization": recorded}
+    report = _report(job, files["preproc"], files["mask"], files["edges"], files["generated"], files["harmonized"],
+                     {**pre["timings"], "harmonization": har["seconds"]}, recorded, pre["settings"],
+                     files.get("uncertainty", ""))
+    images = [r for r in paths if r != "report"]
+    staged = []
+    for role in images:
         final = paths[role]
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(f".{final.name}.tmp")
-        shutil.copyfile(src, tmp)
+        shutil.copyfile(files[role], tmp)
         staged.append((tmp, final))
-        if sidecar is not None:
-            side = _sidecar(final)
-            side_tmp = side.with_name(f".{side.name}.tmp")
-            side_tmp.write_text(json.dumps(sidecar, indent=2, sort_keys=True, default=str) + "\n")
-            staged.append((side_tmp, side))
-    # The harmonized image's sidecar goes last: it marks the job complete.
-    marker = _sidecar(paths["harmonized"])
-    staged.sort(key=lambda pair: pair[1] == marker)
     for tmp, final in staged:
         os.replace(tmp, final)
-    return str(paths["harmonized"])
+    atomic_write_texts({paths["report"]: report})
+    write_sidecars({paths[r]: fields for r, fields in sidecars.items() if r != "harmonized"})
+    write_sidecars({paths["harmonized"]: sidecars["harmonized"]})  # last: marks the job complete
+    return paths["harmonized"]

@@ -11,7 +11,6 @@ Function interface requires.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from nipype.interfaces.utility import Function
@@ -134,11 +133,20 @@ def run_derivatives(job_json: str, out_dir: str, bids_dir: str, settings: dict, 
                     edges_file: str, harmonization_info: str, native_file: str, native_mask_file: str,
                     uncertainty_file: str = ""):
     """Node: write this job's BIDS derivatives (atomically) and return the path of the main output."""
+    import json
+    from pathlib import Path
+
+    from bhd_app.pipeline.bids import Job
     from bhd_app.pipeline.derivatives import write_job_derivatives
 
-    return write_job_derivatives(job_json, out_dir, bids_dir, settings, preproc_file, mask_file, xfm_file,
-                                 preproc_info, harmonized_file, generated_file, edges_file, harmonization_info,
-                                 native_file, native_mask_file, uncertainty_file)
+    files = {"preproc": preproc_file, "mask": mask_file, "xfm": xfm_file, "edges": edges_file,
+             "generated": generated_file, "harmonized": harmonized_file, "native": native_file,
+             "native_mask": native_mask_file}
+    if uncertainty_file:
+        files["uncertainty"] = uncertainty_file
+    return str(write_job_derivatives(Job.from_json(job_json), Path(out_dir), Path(bids_dir), settings, files,
+                                     json.loads(Path(preproc_info).read_text()),
+                                     json.loads(Path(harmonization_info).read_text())))
 
 
 def _node(function, inputs: list[str], outputs: list[str], name: str, **values) -> pe.Node:
@@ -169,16 +177,12 @@ def init_job_wf(job: Job, out_dir: Path, bids_dir: Path, settings: dict, device:
                 settings=settings, device=device, omp_nthreads=omp_nthreads)
     nat = _node(run_to_native, ["grid_file", "xfm_file", "in_file"], ["out_file"], "to_native",
                 in_file=str(job.path))
-    # pybids' run entity is an int that remembers its zero padding (run-01); JSON would drop it.
-    entities = {k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in job.entities.items()}
-    job_json = json.dumps({"subject": job.subject, "session": job.session, "suffix": job.suffix,
-                           "path": str(job.path), "entities": entities, "metadata": job.metadata}, default=str)
     out = _node(run_derivatives, ["job_json", "out_dir", "bids_dir", "settings", "preproc_file", "mask_file",
                                   "xfm_file", "preproc_info", "harmonized_file", "generated_file", "edges_file",
                                   "harmonization_info", "native_file", "native_mask_file", "uncertainty_file"],
                 ["out_file"],
                 "derivatives",
-                job_json=job_json, out_dir=str(out_dir), bids_dir=str(bids_dir), settings=settings)
+                job_json=job.to_json(), out_dir=str(out_dir), bids_dir=str(bids_dir), settings=settings)
     out.overwrite = True  # cheap, and it must follow the current code and output folder even when cached
     wf.connect([
         (pre, har, [("preproc_file", "preproc_file"), ("mask_file", "mask_file")]),
