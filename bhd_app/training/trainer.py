@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..config import TRAINING, TrainingSettings
 from ..method.flow import rectified_flow_loss, training_noise
 from ..method.model import EdgeToImageUNet, UNetConfig
 from .patches import PatchSampler
@@ -35,19 +36,27 @@ from .patches import PatchSampler
 
 @dataclass
 class TrainConfig:
-    """Training settings; the paper's are patch 64, batch 8, lr 5e-5, 150k steps, 20 % multi-stride."""
+    """What the training loop runs with: ``config.TrainingSettings`` with the U-Net's full config.
 
-    patch_size: int = 64
-    batch_size: int = 8
-    learning_rate: float = 5e-5
-    steps: int = 150_000
-    multi_stride_fraction: float = 0.2
-    parameterization: str = "velocity"
-    late_time_fraction: float = 0.0  # share of t ~ U(0.5, 1) draws (flow.training_times); paper: 0
-    ema_decay: float = 0.999
-    seed: int = 0
-    checkpoint_every_s: float = 300.0
-    unet: UNetConfig = field(default_factory=UNetConfig)
+    The defaults are ``config.TRAINING``'s; ``from_settings`` builds one from any settings.
+    """
+
+    patch_size: int = TRAINING.patch_size
+    batch_size: int = TRAINING.batch_size
+    learning_rate: float = TRAINING.learning_rate
+    steps: int = TRAINING.steps
+    multi_stride_fraction: float = TRAINING.multi_stride_fraction
+    parameterization: str = TRAINING.parameterization
+    late_time_fraction: float = TRAINING.late_time_fraction  # share of t ~ U(0.5, 1) (flow.training_times)
+    ema_decay: float = TRAINING.ema_decay
+    seed: int = TRAINING.seed
+    checkpoint_every_s: float = TRAINING.checkpoint_every_s
+    unet: UNetConfig = field(default_factory=lambda: UNetConfig(base_width=TRAINING.width))
+
+    @classmethod
+    def from_settings(cls, settings: TrainingSettings) -> "TrainConfig":
+        values = {k: v for k, v in settings.to_dict().items() if k != "width"}
+        return cls(**values, unet=UNetConfig(base_width=settings.width))
 
     def to_dict(self) -> dict:
         d = asdict(self)
