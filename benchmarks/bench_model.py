@@ -21,13 +21,13 @@ import time
 import torch
 
 from bhd_app.config import T1W
+from bhd_app.evaluation.simulation import PROTOCOLS, make_anatomy, render_on_grid
+from bhd_app.method.baselines import histogram_matching
 from bhd_app.method.edges import canny_edges
 from bhd_app.method.harmonize import generate
-from bhd_app.modelfile import load_model, select_device
-from bhd_app.method.baselines import histogram_matching
 from bhd_app.method.model import UNetConfig
 from bhd_app.method.refinement import refine
-from bhd_app.evaluation.simulation import PROTOCOLS, make_anatomy, render_on_grid
+from bhd_app.modelfile import load_model, select_device
 from bhd_app.training.patches import PatchSampler
 from bhd_app.training.trainer import TrainConfig, Trainer
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bhd_app.pipeline import bids as B
 from bhd_app.errors import BHDInputError
+from bhd_app.pipeline import bids as B
 from bhd_app.pipeline.templates import RESOLUTION_LABEL, RESOLUTION_TEXT, TEMPLATE_SPACE
 
 IXI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "IXI"

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bhd_app.pipeline import site_effects
-from bhd_app.pipeline.boilerplate import methods_text
 from bhd_app.cli.run import main
 from bhd_app.config import T1W
+from bhd_app.pipeline import site_effects
+from bhd_app.pipeline.boilerplate import methods_text
 from bhd_app.pipeline.progress import JobProgress
 
 

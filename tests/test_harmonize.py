@@ -19,14 +19,14 @@ import pytest
 import torch
 
 import bhd_app
-from bhd_app.method.baselines import histogram_matching, target_quantiles
 from bhd_app.errors import BHDInputError
-from bhd_app.method.flow import from_flow_space, to_flow_space
 from bhd_app.evaluation.metrics import ncc
+from bhd_app.method.baselines import histogram_matching, target_quantiles
+from bhd_app.method.flow import from_flow_space, to_flow_space
 from bhd_app.method.harmonize import HarmonizationModel, generate, harmonize
-from bhd_app.modelfile import load_model, save_model, select_device, sha256_of
 from bhd_app.method.model import EdgeToImageUNet, UNetConfig
 from bhd_app.method.refinement import refine
+from bhd_app.modelfile import load_model, save_model, select_device, sha256_of
 
 
 def random_net(seed: int = 0, zero_head: bool = False) -> EdgeToImageUNet:

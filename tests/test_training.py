@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from bhd_app.config import PAPER_TRAINING, TRAINING
 from bhd_app.method.edges import canny_edges
 from bhd_app.method.flow import to_flow_space
 from bhd_app.method.model import EdgeToImageUNet, UNetConfig, coordinate_grid
 from bhd_app.training.patches import PatchSampler, patch_slices, patch_strides
-from bhd_app.config import PAPER_TRAINING, TRAINING
 from bhd_app.training.trainer import TrainConfig, Trainer
 
 GRID = (128, 160, 136)
@@ -303,8 +303,8 @@ def test_validator_logs_the_fixed_settings_and_the_participant_defaults(target, 
     import csv
     import json
 
-    from bhd_app.method.baselines import target_quantiles
     from bhd_app.config import T1W
+    from bhd_app.method.baselines import target_quantiles
     from bhd_app.training.validation import TravelingSubject, Validator
 
     source, reference, mask = small_subject["vision15t"], small_subject["trio3t"], small_subject["mask"]

@@ -15,8 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from .. import __version__
-from ..errors import BHDInputError
 from ..config import HarmonizationSettings, preset
+from ..errors import BHDInputError
 from .parser import build_parser
 
 LOGGER = logging.getLogger("bhd")
@@ -96,12 +96,12 @@ def plugin_arguments(text: str | None) -> dict:
 
 
 def run_participant(args) -> int:
-    from ..pipeline.boilerplate import write_methods
+    from ..modelfile import load_model, select_device
     from ..pipeline.bids import (check_output_dir, collect_jobs, load_bids_filters, load_layout,
                                  write_dataset_description)
+    from ..pipeline.boilerplate import write_methods
     from ..pipeline.crashes import read_crashes
     from ..pipeline.derivatives import job_is_complete
-    from ..modelfile import load_model, select_device
     from ..pipeline.progress import JobProgress
     from ..pipeline.workflows import init_participant_wf
 

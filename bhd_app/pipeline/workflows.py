@@ -69,8 +69,8 @@ def run_harmonization(preproc_file: str, mask_file: str, settings: dict, device:
     import numpy as np
     import torch
 
-    from bhd_app.method.baselines import SSIMH_CUTOFF, histogram_matching, spectrum_swapping
     from bhd_app.config import HarmonizationSettings
+    from bhd_app.method.baselines import SSIMH_CUTOFF, histogram_matching, spectrum_swapping
     from bhd_app.method.edges import canny_edges
     from bhd_app.method.harmonize import harmonize
     from bhd_app.modelfile import load_model, select_device

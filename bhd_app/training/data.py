@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..method.edges import canny_edges
 from ..errors import BHDInputError
+from ..method.edges import canny_edges
 
 SYNTHETIC_SEED0 = 1000
 CACHE_FORMAT = 2  # cropped uint8 images, packed masks and edge maps

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
-from ..method.baselines import histogram_matching
 from ..config import T1W, HarmonizationSettings
-from ..method.edges import canny_edges
-from ..method.harmonize import HarmonizationModel, generate, harmonize
 from ..evaluation.metrics import fidelity, lesion_contrast
 from ..evaluation.simulation import PROTOCOLS, TARGET_PROTOCOL, Anatomy, make_anatomy, render_on_grid
+from ..method.baselines import histogram_matching
+from ..method.edges import canny_edges
+from ..method.harmonize import HarmonizationModel, generate, harmonize
 from ..pipeline.templates import Grid, harmonization_grid
 
 if TYPE_CHECKING:
