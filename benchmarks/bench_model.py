@@ -21,13 +21,15 @@ import time
 import torch
 
 from bhd_app.config import T1W
-from bhd_app.edges import canny_edges
-from bhd_app.harmonize import generate, load_model, select_device
-from bhd_app.baselines import histogram_matching
-from bhd_app.model import UNetConfig
-from bhd_app.refinement import refine
-from bhd_app.simulation import PROTOCOLS, make_anatomy, render_on_grid
-from bhd_app.training import PatchSampler, TrainConfig, Trainer
+from bhd_app.evaluation.simulation import PROTOCOLS, make_anatomy, render_on_grid
+from bhd_app.method.baselines import histogram_matching
+from bhd_app.method.edges import canny_edges
+from bhd_app.method.harmonize import generate
+from bhd_app.method.model import UNetConfig
+from bhd_app.method.refinement import refine
+from bhd_app.modelfile import load_model, select_device
+from bhd_app.training.patches import PatchSampler
+from bhd_app.training.trainer import TrainConfig, Trainer
 
 
 def main() -> None:
@@ -42,7 +44,7 @@ def main() -> None:
     device = select_device(args.device)
     model = load_model(args.model, device)
     if args.width:
-        from bhd_app.model import EdgeToImageUNet
+        from bhd_app.method.model import EdgeToImageUNet
 
         model.net = EdgeToImageUNet(UNetConfig(base_width=args.width)).to(device).eval()
         if device.type == "cpu":

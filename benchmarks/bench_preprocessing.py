@@ -75,7 +75,7 @@ def mosaic(image: np.ndarray, masks: list[np.ndarray], colors: list[str], out: P
 
 
 def run(path: Path, work: Path, method: str, contrast: str, threads: int):
-    from bhd_app.preprocessing import preprocess
+    from bhd_app.pipeline.preprocessing import preprocess
 
     cpu = time.process_time()
     with warnings.catch_warnings():

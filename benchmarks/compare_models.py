@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bhd_app.baselines import histogram_matching
 from bhd_app.config import preset
-from bhd_app.harmonize import harmonize, load_model
-from bhd_app.validation import reconstruction_score, score_with_lesion, traveling_subjects
+from bhd_app.method.baselines import histogram_matching
+from bhd_app.method.harmonize import harmonize
+from bhd_app.modelfile import load_model
+from bhd_app.training.validation import reconstruction_score, score_with_lesion, traveling_subjects
 
 SOURCES = ("sonata15t", "biograph3t", "vision15t", "vida3t", "t2w3t")
 

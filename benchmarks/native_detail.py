@@ -23,9 +23,10 @@ import nibabel as nib
 import numpy as np
 
 from bhd_app.config import T1W
-from bhd_app.harmonize import harmonize, load_model
-from bhd_app.metrics import fidelity
-from bhd_app.preprocessing import carry_change_to_native, preprocess, to_native
+from bhd_app.evaluation.metrics import fidelity
+from bhd_app.method.harmonize import harmonize
+from bhd_app.modelfile import load_model
+from bhd_app.pipeline.preprocessing import carry_change_to_native, preprocess, to_native
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 IMAGES = [SHARED / "IXI" / "hd_bet_IXI002-Guys-0828-T1.nii.gz",  # IXI Guy's 1.5T (CC BY-SA 3.0), stripped

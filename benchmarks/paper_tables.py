@@ -48,13 +48,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bids_examples"))
 import make_examples  # noqa: E402
 
-from bhd_app.baselines import histogram_matching, random_edges, spectrum_swapping  # noqa: E402
 from bhd_app.config import T1W  # noqa: E402
-from bhd_app.harmonize import harmonize, load_model  # noqa: E402
-from bhd_app.metrics import fidelity, lesion_contrast  # noqa: E402
-from bhd_app.refinement import refine  # noqa: E402
-from bhd_app.simulation import PROTOCOLS, make_anatomy  # noqa: E402
-from bhd_app.validation import lesion_and_shell  # noqa: E402
+from bhd_app.evaluation.metrics import fidelity, lesion_contrast  # noqa: E402
+from bhd_app.evaluation.simulation import PROTOCOLS, make_anatomy  # noqa: E402
+from bhd_app.method.baselines import histogram_matching, random_edges, spectrum_swapping  # noqa: E402
+from bhd_app.method.harmonize import harmonize  # noqa: E402
+from bhd_app.method.refinement import refine  # noqa: E402
+from bhd_app.modelfile import load_model  # noqa: E402
+from bhd_app.training.validation import lesion_and_shell  # noqa: E402
 
 SOURCES = ("sonata15t", "biograph3t", "vision15t", "vida3t", "t2w3t")
 QUICK_SOURCES = ("sonata15t", "vision15t", "t2w3t")

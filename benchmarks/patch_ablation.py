@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bhd_app.harmonize import load_model
-from bhd_app.validation import reconstruction_score, traveling_subjects
+from bhd_app.modelfile import load_model
+from bhd_app.training.validation import reconstruction_score, traveling_subjects
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {"multi-stride (20%)": 0.2, "simple patches only": 0.0}

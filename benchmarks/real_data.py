@@ -45,9 +45,9 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from bhd_app.group import collect_results, site_separability
-from bhd_app.metrics import fidelity, lesion_contrast, ssim
-from bhd_app.templates import GRID_SPACING
+from bhd_app.evaluation.metrics import fidelity, lesion_contrast, ssim
+from bhd_app.pipeline.group import collect_results, site_separability
+from bhd_app.pipeline.templates import GRID_SPACING
 
 METHODS = ("none", "histmatch", "bhd")
 T2W_SUBJECTS = (("ixi002", "guys"), ("stroke", "mri"))  # (subject, session) with a T1w/T2w pair

@@ -5,7 +5,7 @@
 
 Each held-out subject of the real target scanner (IXI Hammersmith, Philips Intera 3T; IXI dataset,
 brain-development.org, CC BY-SA 3.0; never trained on) gets three T1-hypointense white-matter lesions
-drawn in; that image is the truth. Each source of ``bhd_app.alterations.SOURCES`` re-draws it with
+drawn in; that image is the truth. Each source of ``bhd_app.evaluation.alterations.SOURCES`` re-draws it with
 other tissue contrasts (deep grey matter apart, so no global intensity map undoes it), a bias field,
 noise and thick slices, or as a T2w-like image (contrast conversion). Every method harmonizes the
 altered image back on the grid and is scored against the truth: PSNR/SSIM after normalizing each
@@ -34,14 +34,15 @@ from pathlib import Path
 
 import numpy as np
 
-from bhd_app.alterations import SOURCES, draw_lesions
-from bhd_app.baselines import (histogram_matching, random_edges, spectrum_swapping, target_quantiles,
+from bhd_app.evaluation.alterations import SOURCES, draw_lesions
+from bhd_app.method.baselines import (histogram_matching, random_edges, spectrum_swapping, target_quantiles,
                                target_spectrum)
 from bhd_app.config import preset
-from bhd_app.harmonize import harmonize, load_model
-from bhd_app.metrics import fidelity, lesion_contrast
-from bhd_app.refinement import refine
-from bhd_app.target_data import load_cache
+from bhd_app.method.harmonize import harmonize
+from bhd_app.modelfile import load_model
+from bhd_app.evaluation.metrics import fidelity, lesion_contrast
+from bhd_app.method.refinement import refine
+from bhd_app.training.data import load_cache
 
 REPO = Path(__file__).resolve().parents[1]
 HELDOUT = REPO / "runs" / "ixi-hh-heldout" / "data.npz"

@@ -20,9 +20,10 @@ import numpy as np
 import torch
 
 from bhd_app.config import model_path
-from bhd_app.harmonize import harmonize, load_model
-from bhd_app.metrics import fidelity
-from bhd_app.target_data import load_cache
+from bhd_app.evaluation.metrics import fidelity
+from bhd_app.method.harmonize import harmonize
+from bhd_app.modelfile import load_model
+from bhd_app.training.data import load_cache
 
 HELDOUT = Path(__file__).resolve().parents[1] / "runs" / "ixi-hh-heldout" / "data.npz"
 SAMPLERS = [(0.9, "euler", 1), (0.9, "euler", 2), (0.9, "euler", 4), (0.9, "midpoint", 1), (0.9, "midpoint", 2),

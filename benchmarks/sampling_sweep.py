@@ -19,11 +19,11 @@ import argparse
 import numpy as np
 import torch
 
-from bhd_app.baselines import histogram_matching
-from bhd_app.edges import canny_edges
-from bhd_app.harmonize import generate
-from bhd_app.refinement import refine
-from bhd_app.validation import score_with_lesion, traveling_subjects
+from bhd_app.method.baselines import histogram_matching
+from bhd_app.method.edges import canny_edges
+from bhd_app.method.harmonize import generate
+from bhd_app.method.refinement import refine
+from bhd_app.training.validation import score_with_lesion, traveling_subjects
 from refinement_sweep import SOURCES, load_for_benchmark
 
 

@@ -19,8 +19,8 @@ import time
 
 import torch
 
-from bhd_app.flow import rectified_flow_loss, training_noise
-from bhd_app.model import EdgeToImageUNet, UNetConfig
+from bhd_app.method.flow import rectified_flow_loss, training_noise
+from bhd_app.method.model import EdgeToImageUNet, UNetConfig
 
 
 def seconds_per_step(width: int, patch: int, batch: int, channels_last: bool, compiled: bool,

@@ -1,6 +1,6 @@
 """Every default of bhd, defined once: harmonization presets and the training recipe.
 
-The command lines fill these dataclasses (``bhd-app`` options carry the field names:
+The command lines fill these dataclasses (``bhd-app`` and ``bhd-train`` options carry the field names:
 ``--start-time`` is ``start_time``), the model card's ``defaults`` block is written from them,
 and sidecars record them under the same names. Nothing here imports torch or BIDS.
 """
@@ -91,6 +91,42 @@ def card_defaults() -> dict:
     drop = ("method", "seed")
     return {**{s: {k: v for k, v in p.to_dict().items() if k not in drop} for s, p in PRESETS.items()},
             "why": PRESETS_WHY}
+
+
+PARAMETERIZATIONS = ("velocity", "image")
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """How ``bhd-train`` fits the edge-to-image model (sections 3.3-3.4, 4.2-4.3).
+
+    The options carry the field names (``--patch-size`` is ``patch_size``), except ``--lr``
+    (``learning_rate``) and ``--width`` (the U-Net's base width). ``multi_stride_fraction`` of the
+    patches are multi-stride patches; ``late_time_fraction`` of the training times are drawn from
+    U(0.5, 1) instead of U(0, 1). The defaults are a CPU recipe; ``PAPER_TRAINING`` is the paper's
+    configuration (section 4.2), for a GPU.
+    """
+
+    width: int = 16
+    patch_size: int = 48
+    batch_size: int = 4
+    learning_rate: float = 2e-4
+    steps: int = 150_000
+    multi_stride_fraction: float = 0.2
+    parameterization: str = "image"
+    late_time_fraction: float = 0.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    checkpoint_every_s: float = 300.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+TRAINING = TrainingSettings()
+# Section 4.2: 64^3 patches, batch 8, Adam at 5e-5, 150K steps, the full-width U-Net; the velocity field.
+PAPER_TRAINING = replace(TRAINING, width=64, patch_size=64, batch_size=8, learning_rate=5e-5,
+                         parameterization="velocity")
 
 
 def shipped_model_path(name: str) -> Path:

@@ -3,7 +3,7 @@
 
 Each subject is one anatomy (MNI152 2009a tissue maps from nilearn, deformed per
 subject) scanned on several simulated scanners modelled on the paper's Table S1
-(``bhd_app.simulation``): the target Siemens Trio 3T MPRAGE in every subject, and
+(``bhd_app.evaluation.simulation``): the target Siemens Trio 3T MPRAGE in every subject, and
 sources at 1.5T (Sonata MPRAGE, Vision FLASH: the large gap) and 3T (BioGraph,
 Vida), plus a 3T T2w; with skull and scalp, bias field, Rician noise and
 scanner-like orientations. Subject 03 has white-matter lesions.
@@ -25,7 +25,7 @@ import nibabel as nib
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bhd_app.simulation import PROTOCOLS, make_anatomy, acquire  # noqa: E402
+from bhd_app.evaluation.simulation import PROTOCOLS, make_anatomy, acquire  # noqa: E402
 
 # subject -> (anatomy seed, lesions, [(session, protocol), ...])
 SUBJECTS = {
@@ -47,7 +47,7 @@ def sidecar(protocol_name: str) -> dict:
         "EchoTime": p.te / 1000.0,
         "FlipAngle": p.flip_angle,
         "PulseSequenceType": {"MPRAGE": "MPRAGE", "FLASH": "Spoiled Gradient Echo", "TSE": "Turbo Spin Echo"}[p.sequence],
-        "SeriesDescription": f"{p.sequence} {p.field_strength:g}T (simulated, bhd_app.simulation protocol {p.name})",
+        "SeriesDescription": f"{p.sequence} {p.field_strength:g}T (simulated, bhd_app.evaluation.simulation protocol {p.name})",
     }
     if p.sequence == "MPRAGE":
         meta["InversionTime"] = p.ti / 1000.0

@@ -27,8 +27,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from bhd_app import simulation  # noqa: E402
-from bhd_app.templates import GRID_CENTER, Grid  # noqa: E402
+from bhd_app.evaluation import simulation  # noqa: E402
+from bhd_app.pipeline.templates import GRID_CENTER, Grid  # noqa: E402
 
 torch.set_num_threads(1)
 

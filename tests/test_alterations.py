@@ -1,4 +1,4 @@
-"""Tests of bhd_app.alterations: known scanner-like changes for traveling subjects with real anatomy.
+"""Tests of bhd_app.evaluation.alterations: known scanner-like changes for traveling subjects with real anatomy.
 
 The image is the simulated target-protocol subject on the grid (``conftest.subject``); each change is
 checked against what it promises, with the best global intensity map as the oracle.
@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bhd_app import alterations
-from bhd_app.metrics import lesion_contrast
+from bhd_app.evaluation import alterations
+from bhd_app.evaluation.metrics import lesion_contrast
 
 
 def best_global_map_residual(altered: np.ndarray, truth: np.ndarray, mask: np.ndarray, bins: int = 256) -> float:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bhd_app import simulation
-from bhd_app.baselines import histogram_matching, spectrum_swapping, target_quantiles, target_spectrum
 from bhd_app.errors import BHDInputError
-from bhd_app.harmonize import load_model, save_model
-from bhd_app.metrics import psnr
-from bhd_app.model import EdgeToImageUNet, UNetConfig
+from bhd_app.evaluation import simulation
+from bhd_app.evaluation.metrics import psnr
+from bhd_app.method.baselines import histogram_matching, spectrum_swapping, target_quantiles, target_spectrum
+from bhd_app.method.model import EdgeToImageUNet, UNetConfig
+from bhd_app.modelfile import load_model, save_model
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests of bhd_app.bids on small real BIDS datasets.
+"""Tests of bhd_app.pipeline.bids on small real BIDS datasets.
 
 The images are real heads from the IXI dataset (Hammersmith Hospital, Philips 3T; CC BY-SA 3.0,
 brain-development.org; see ../shared/data/IXI/SOURCE.md beside the repository), copied into datasets built in tmp_path.
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from bhd_app import bids as B
 from bhd_app.errors import BHDInputError
-from bhd_app.templates import RESOLUTION_LABEL, RESOLUTION_TEXT, TEMPLATE_SPACE
+from bhd_app.pipeline import bids as B
+from bhd_app.pipeline.templates import RESOLUTION_LABEL, RESOLUTION_TEXT, TEMPLATE_SPACE
 
 IXI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "IXI"
 HEADS = sorted(IXI.glob("IXI01[2-5]-HH-*-T1_ds.nii.gz"))
@@ -291,19 +291,22 @@ def test_derivative_path_keeps_run_padding_and_rejects_bad_labels(session_layout
 # ----------------------------------------------------------------------------- writing
 
 
-def test_write_sidecar(tmp_path):
+def test_write_sidecars(tmp_path):
     np = pytest.importorskip("numpy")
     image = tmp_path / "sub-01" / "anat" / "sub-01_desc-preproc_T1w.nii.gz"
-    sidecar = B.write_sidecar(image, {"b": np.float32(1.5), "a": np.arange(2), "SkullStripped": True})
-    assert sidecar == image.with_name("sub-01_desc-preproc_T1w.json")
+    other = tmp_path / "sub-01" / "anat" / "sub-01_desc-brain_mask.nii.gz"
+    sidecar, other_sidecar = B.write_sidecars({image: {"b": np.float32(1.5), "a": np.arange(2),
+                                                       "SkullStripped": True}, other: {"Type": "Brain"}})
+    assert sidecar == image.with_name("sub-01_desc-preproc_T1w.json") == B.sidecar_path(image)
     text = sidecar.read_text()
     assert json.loads(text) == {"SkullStripped": True, "a": [0, 1], "b": 1.5}
     assert list(json.loads(text)) == ["SkullStripped", "a", "b"]  # sorted keys
-    assert B.write_sidecar(tmp_path / "x_T1w.nii", {}).name == "x_T1w.json"
-    with pytest.raises(ValueError):  # NaN is not JSON
-        B.write_sidecar(image, {"a": float("nan")})
-    assert json.loads(sidecar.read_text())["b"] == 1.5  # the failed write left the old file intact
-    assert sorted(p.name for p in sidecar.parent.iterdir()) == [sidecar.name]  # no temporary files
+    assert B.write_sidecars({tmp_path / "x_T1w.nii": {}})[0].name == "x_T1w.json"
+    with pytest.raises(ValueError):  # NaN is not JSON: neither sidecar is written
+        B.write_sidecars({other: {"Type": "changed"}, image: {"a": float("nan")}})
+    assert json.loads(sidecar.read_text())["b"] == 1.5  # the failed write left the old files intact
+    assert json.loads(other_sidecar.read_text()) == {"Type": "Brain"}
+    assert sorted(p.name for p in sidecar.parent.iterdir()) == sorted([sidecar.name, other_sidecar.name])
 
 
 def test_dataset_description(tmp_path, session_ds, monkeypatch):
@@ -365,8 +368,8 @@ def _derivative_dataset(out: Path, bids_dir: Path, layout, skull_stripped: bool 
         for image in (preproc, mask):
             image.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(job.path, image)
-        B.write_sidecar(preproc, {**common, "Description": "Skull-stripped, registered, intensity-normalized"})
-        B.write_sidecar(mask, {**common, "Type": "Brain", "Description": "Brain mask"})
+        B.write_sidecars({preproc: {**common, "Description": "Skull-stripped, registered, intensity-normalized"},
+                          mask: {**common, "Type": "Brain", "Description": "Brain mask"}})
         xfm = B.derivative_path(out, job, from_=job.suffix, to=TEMPLATE_SPACE, mode="image",
                                 suffix="xfm", extension=".mat")
         xfm.write_bytes(b"\0" * 64)

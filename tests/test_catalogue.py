@@ -19,7 +19,7 @@ import torch
 
 from bhd_app.cli import train
 from bhd_app.cli.run import main
-from bhd_app.harmonize import sha256_of
+from bhd_app.modelfile import sha256_of
 from conftest import small_dataset
 
 VIDA = ("02", "vida", "T1w")
@@ -138,7 +138,7 @@ def test_read_only_work_folder(ds, tmp_path, capsys):
 
 def test_one_invalid_sidecar_is_skipped_with_a_warning(examples, tmp_path, caplog):
     """pybids stops indexing at an invalid JSON file; bhd leaves it out (and its metadata) and goes on."""
-    from bhd_app.bids import collect_jobs, load_layout
+    from bhd_app.pipeline.bids import collect_jobs, load_layout
 
     ds = small_dataset(examples, tmp_path / "ds", [VIDA, ("02", "biograph", "T1w")])
     bad = ds / "sub-02" / "ses-biograph" / "anat" / "sub-02_ses-biograph_T1w.json"
@@ -313,9 +313,9 @@ def test_valid_odd_inputs_are_found_and_named(examples, tmp_path):
     import nibabel as nib
     import numpy as np
 
-    from bhd_app.bids import collect_jobs, load_layout
-    from bhd_app.derivatives import output_paths
-    from bhd_app.preprocessing import load_anatomical
+    from bhd_app.pipeline.bids import collect_jobs, load_layout
+    from bhd_app.pipeline.derivatives import output_paths
+    from bhd_app.pipeline.preprocessing import load_anatomical
 
     ds, run1 = _odd_but_valid_dataset(examples, tmp_path)
     jobs = collect_jobs(load_layout(ds, database_dir=tmp_path / "db"))

@@ -13,7 +13,7 @@ import pytest
 from bhd_app import config
 from bhd_app.cli.parser import build_parser
 from bhd_app.cli.run import harmonization_settings, main
-from bhd_app.harmonize import default_model_path
+from bhd_app.config import default_model_path
 
 from conftest import small_dataset as _small_dataset
 
@@ -41,8 +41,8 @@ def test_each_default_is_defined_once_in_the_settings_layer(tmp_path):
     library's harmonize() and the validator take the same preset."""
     import inspect
 
-    from bhd_app.harmonize import harmonize
-    from bhd_app.validation import validate
+    from bhd_app.method.harmonize import harmonize
+    from bhd_app.training.validation import validate
 
     parser = build_parser()
     for name, value in config.T1W.to_dict().items():
@@ -146,7 +146,7 @@ def test_participant_level_end_to_end(participant_run):
 
 
 def test_derivatives_pass_the_bids_validator(participant_run):
-    from bhd_app.bids import BIDSValidatorMissing, run_bids_validator
+    from bhd_app.pipeline.bids import BIDSValidatorMissing, run_bids_validator
 
     try:
         ok, summary = run_bids_validator(participant_run.out)
@@ -210,7 +210,7 @@ def test_a_new_model_redoes_cached_harmonization(participant_run, tmp_path):
 
     import torch
 
-    from bhd_app.harmonize import load_model, save_model
+    from bhd_app.modelfile import load_model, save_model
 
     model = load_model()
     path = tmp_path / "model.pt"

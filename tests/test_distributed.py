@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from bhd_app.cli import train as train_cli
-from bhd_app.training import Distributed, PatchSampler
+from bhd_app.training.patches import PatchSampler
+from bhd_app.training.trainer import Distributed
 
 STEPS = 3
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")

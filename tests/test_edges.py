@@ -1,4 +1,4 @@
-"""Tests of bhd_app.edges: 3D Canny with the subject-level 8 % threshold (section 3.2, supplement S1).
+"""Tests of bhd_app.method.edges: 3D Canny with the subject-level 8 % threshold (section 3.2, supplement S1).
 
 Images: the session's simulated subject on the harmonization grid (conftest) and the real stroke T1w/T2w
 pair of ../shared/data/VolumeRenderingData (same subject, same grid).
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bhd_app import edges
+from bhd_app.method import edges
 
 CUBE = (slice(8, 24),) * 3
 

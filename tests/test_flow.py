@@ -1,4 +1,4 @@
-"""Tests of bhd_app.flow: the rectified-flow loss (eq. 6) and the sampler (eq. 5).
+"""Tests of bhd_app.method.flow: the rectified-flow loss (eq. 6) and the sampler (eq. 5).
 
 For a single known clean image x1 the optimal field is closed-form: the image parameterization predicts x1
 itself, the velocity parameterization predicts (x1 - x_t) / (1 - t). The "networks" below are small real
@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from bhd_app import flow
-from bhd_app.model import EdgeToImageUNet, UNetConfig
+from bhd_app.method import flow
+from bhd_app.method.model import EdgeToImageUNet, UNetConfig
 
 SHAPE = (2, 1, 4, 6, 5)
 

@@ -1,4 +1,4 @@
-"""Tests of the group level's downstream measures (bhd_app.site_effects, bhd_app.group), the console progress
+"""Tests of the group level's downstream measures (bhd_app.pipeline.site_effects, bhd_app.pipeline.group), the console progress
 and the methods text.
 
 The images are the session's simulated subject on the coarse 32^3 grid (conftest ``small_subject``); the
@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import shutil
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
-from bhd_app import site_effects
-from bhd_app.boilerplate import methods_text
 from bhd_app.cli.run import main
 from bhd_app.config import T1W
-from bhd_app.progress import JobProgress
+from bhd_app.pipeline import site_effects
+from bhd_app.pipeline.boilerplate import methods_text
+from bhd_app.pipeline.progress import JobProgress
 
 
 def read_tsv(path) -> list[dict]:
@@ -133,7 +135,7 @@ def test_group_level_leaves_nothing_in_the_temp_folder(participant_run, tmp_path
 
 
 def test_group_level_with_another_model_is_a_one_line_error(participant_run, tmp_path, capsys):
-    from bhd_app.harmonize import load_model, save_model
+    from bhd_app.modelfile import load_model, save_model
 
     model = load_model()
     other = tmp_path / "other.pt"
@@ -204,7 +206,7 @@ def test_samples_4_writes_an_uncertainty_map_the_report_shows(examples, tmp_path
 
     import nibabel as nib
 
-    from bhd_app.bids import BIDSValidatorMissing, run_bids_validator
+    from bhd_app.pipeline.bids import BIDSValidatorMissing, run_bids_validator
     from conftest import small_dataset
 
     ds = small_dataset(examples, tmp_path / "ds", [("03", "sonata", "T1w")])
@@ -227,3 +229,108 @@ def test_samples_4_writes_an_uncertainty_map_the_report_shows(examples, tmp_path
     except BIDSValidatorMissing:
         return
     assert ok, summary
+
+
+# ---------------------------------------------------------------------------------------------- group records
+
+
+def _small_bids_with_derivatives(root: Path, small_subject, small_grid, complete: bool = True) -> tuple[Path, Path]:
+    """A 32^3 dataset: sub-01 T1w (scanner only in the top-level T1w.json) and T2w (own sidecar), sub-02 T1w on
+    another scanner (own sidecar, overriding the top level); derivatives written at ``output_paths``."""
+    import nibabel as nib
+
+    from bhd_app.pipeline.bids import collect_jobs, load_layout, write_sidecars
+    from bhd_app.pipeline.derivatives import output_paths
+
+    ds, out = root / "ds", root / "out"
+    ds.mkdir(parents=True)
+    (ds / "dataset_description.json").write_text(json.dumps({"Name": "small", "BIDSVersion": "1.10.0"}))
+    (ds / "T1w.json").write_text(json.dumps({"Manufacturer": "Siemens", "ManufacturersModelName": "TrioTim",
+                                             "MagneticFieldStrength": 3}))
+    trio, vision, mask = small_subject["trio3t"], small_subject["vision15t"], small_subject["mask"]
+    inputs = {("01", "T1w"): trio, ("01", "T2w"): 1 - trio * (mask > 0), ("02", "T1w"): vision}
+    for (sub, suffix), image in inputs.items():
+        anat = ds / f"sub-{sub}" / "anat"
+        anat.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(image.astype(np.float32), small_grid.affine), anat / f"sub-{sub}_{suffix}.nii.gz")
+    (ds / "sub-01" / "anat" / "sub-01_T2w.json").write_text(json.dumps({"Manufacturer": "GE",
+                                                                        "MagneticFieldStrength": 1.5}))
+    (ds / "sub-02" / "anat" / "sub-02_T1w.json").write_text(json.dumps({"ManufacturersModelName": "Vision",
+                                                                        "MagneticFieldStrength": 1.5}))
+    jobs = collect_jobs(load_layout(ds), suffixes=("T1w", "T2w"))
+    for job in jobs:
+        image = inputs[(job.subject, job.suffix)]
+        harmonized = np.where(mask > 0, 0.5 * image + 0.25, 0).astype(np.float32)
+        paths = output_paths(out, job)
+        volumes = {"preproc": image, "mask": mask, "edges": mask, "harmonized": harmonized, "native": harmonized,
+                   "native_mask": mask}
+        for role, volume in volumes.items():
+            paths[role].parent.mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(np.asarray(volume, np.float32), small_grid.affine), paths[role])
+        paths["xfm"].write_bytes(b"\0" * 64)
+        write_sidecars({paths[r]: {"Description": r} for r in volumes if r != "harmonized"})
+        if complete or job.suffix == "T1w":
+            write_sidecars({paths["harmonized"]: {"Harmonization": {"method": "bhd", "ModelSHA256": "ab" * 32}}})
+    return ds, out
+
+
+def test_group_records_hold_t2w_jobs_and_inherited_scanner_metadata(small_subject, small_grid, tmp_path):
+    from bhd_app.pipeline.group import collect_results, group_tsv, traveling_pairs
+
+    ds, out = _small_bids_with_derivatives(tmp_path, small_subject, small_grid)
+    records = collect_results(ds, out)
+    assert [(r["job"], r["suffix"]) for r in records] == [("sub-01_T1w", "T1w"), ("sub-01_T2w", "T2w"),
+                                                          ("sub-02_T1w", "T1w")]
+    # The scanner of sub-01's T1w is described only in the top-level T1w.json; sub-02's sidecar overrides it.
+    assert [r["scanner"] for r in records] == ["Siemens TrioTim 3T T1w", "GE 1.5T T2w", "Siemens Vision 1.5T T1w"]
+    assert all(r["method"] == "bhd" and r["model_sha256"] == "ab" * 32 for r in records)
+    mask = small_subject["mask"] > 0
+    np.testing.assert_array_equal(records[0]["before"], small_subject["trio3t"][mask].astype(np.float32))
+    np.testing.assert_allclose(records[2]["after"], 0.5 * small_subject["vision15t"][mask] + 0.25, rtol=1e-6)
+    assert traveling_pairs(records) == [(0, 1)]  # sub-01 on two "scanners" (T1w and T2w); sub-02 alone
+    rows = list(csv.DictReader(io.StringIO(group_tsv(records)), delimiter="\t"))
+    assert [(r["job"], r["contrast"]) for r in rows] == [("sub-01_T1w", "T1w"), ("sub-01_T2w", "T2w"),
+                                                         ("sub-02_T1w", "T1w")]
+    assert float(rows[2]["after_p50"]) == pytest.approx(0.5 * float(rows[2]["before_p50"]) + 0.25, abs=1e-3)
+
+
+def test_group_records_skip_a_job_without_its_completion_marker(small_subject, small_grid, tmp_path):
+    from bhd_app.pipeline.group import collect_results
+
+    ds, out = _small_bids_with_derivatives(tmp_path, small_subject, small_grid, complete=False)
+    assert [r["job"] for r in collect_results(ds, out)] == ["sub-01_T1w", "sub-02_T1w"]
+
+
+def _record(scanner: str, values: np.ndarray) -> dict:
+    return {"scanner": scanner, "before": values, "after": np.clip(values, 0.4, 0.6)}
+
+
+def test_site_separability_is_the_mean_pairwise_w1_between_scanners():
+    from bhd_app.pipeline.group import site_separability
+
+    base = np.random.default_rng(0).uniform(0.2, 0.8, 20000).astype(np.float32)
+    # Shifted copies: the Wasserstein-1 distance of two scanners is their shift; two images of scanner a pool.
+    records = [_record("a", base), _record("a", base), _record("b", base + 0.1), _record("c", base + 0.3)]
+    assert site_separability(records, "before") == pytest.approx((0.1 + 0.3 + 0.2) / 3, abs=1e-6)
+    assert site_separability(records[:2], "before") != site_separability(records[:2], "before")  # one scanner: NaN
+    assert site_separability(records, "after") < site_separability(records, "before")
+
+
+def test_crash_files_are_read_once_for_the_job_and_the_group(tmp_path):
+    from bhd_app.pipeline.crashes import read_crashes
+    from bhd_app.pipeline.group import failed_jobs
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "crash-20260101-000000-bhd-harmonize-1.txt").write_text(
+        "Node: bhd_participant_wf.sub_01_ses_a_T1w.harmonize\nTraceback ...\n\nRuntimeError: out of memory\n")
+    (logs / "crash-20260101-000001-sub_02_T1w-input_check.txt").write_text(
+        "Node: sub_02_T1w.input_check\nInput file: x\n\nBHDInputError: x: not a NIfTI file; convert it\n")
+    crashes = read_crashes(logs)
+    assert [c.node for c in crashes] == ["sub_01_ses_a_T1w.harmonize", "sub_02_T1w.input_check"]
+    assert crashes[0].is_of("sub-01_ses-a_T1w") and not crashes[0].is_of("sub-01_ses-a_T2w")
+    assert crashes[1].is_of("sub-02_T1w") and not crashes[1].is_of("sub-01_ses-a_T1w")
+    assert crashes[0].message.startswith("RuntimeError: out of memory (crash file: ")
+    assert crashes[1].message == "x: not a NIfTI file; convert it"
+    assert failed_jobs(tmp_path) == [f"{c.node} {c.last_line} ({c.path.name})" for c in crashes]
+    assert "RuntimeError: out of memory" in failed_jobs(tmp_path)[0]

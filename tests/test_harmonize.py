@@ -1,4 +1,5 @@
-"""Tests of bhd_app.harmonize: the model file and card, device choice, generation and harmonization (eq. 4).
+"""Tests of bhd_app.modelfile (the model file and card, device choice) and bhd_app.method.harmonize
+(generation and harmonization, eq. 4).
 
 The networks are small untrained U-Nets with seeded random weights; the images are the session's simulated
 subject rendered on a coarse 32^3 grid (conftest ``small_grid``).
@@ -7,21 +8,25 @@ subject rendered on a coarse 32^3 grid (conftest ``small_grid``).
 from __future__ import annotations
 
 import copy
-
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from bhd_app.baselines import histogram_matching, target_quantiles
+import bhd_app
 from bhd_app.errors import BHDInputError
-from bhd_app.flow import from_flow_space, to_flow_space
-from bhd_app.metrics import ncc
-from bhd_app.harmonize import (HarmonizationModel, generate, harmonize, load_model, save_model, select_device,
-                               sha256_of)
-from bhd_app.model import EdgeToImageUNet, UNetConfig
-from bhd_app.refinement import refine
+from bhd_app.evaluation.metrics import ncc
+from bhd_app.method.baselines import histogram_matching, target_quantiles
+from bhd_app.method.flow import from_flow_space, to_flow_space
+from bhd_app.method.harmonize import HarmonizationModel, generate, harmonize
+from bhd_app.method.model import EdgeToImageUNet, UNetConfig
+from bhd_app.method.refinement import refine
+from bhd_app.modelfile import load_model, save_model, select_device, sha256_of
 
 
 def random_net(seed: int = 0, zero_head: bool = False) -> EdgeToImageUNet:
@@ -236,3 +241,19 @@ def test_generate_from_an_edge_map_is_edge_dependent():
     a = generate(model, edge_cube(), steps=2, seed=0)
     b = generate(model, np.zeros((16, 16, 16), np.uint8), steps=2, seed=0)
     assert np.abs(a - b).max() > 0.01
+
+
+def test_the_method_imports_nothing_of_bids_nifti_or_the_pipeline():
+    """``bhd_app.method`` works on arrays: importing all of it loads neither BIDS, NIfTI, nipype nor the layers above."""
+    code = ("import sys, bhd_app.method.harmonize, bhd_app.method.baselines, bhd_app.method.intensity; "
+            "print(' '.join(m for m in ('bids', 'nibabel', 'nipype', 'ants', 'bhd_app.pipeline', 'bhd_app.training', "
+            "'bhd_app.evaluation', 'bhd_app.modelfile', 'bhd_app.cli') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(bhd_app.__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert loaded.stdout.strip() == ""
+    # The check sees a loaded module: the pipeline does load nibabel.
+    code_pipeline = code.replace("bhd_app.method.harmonize,", "bhd_app.pipeline.group,")
+    loaded = subprocess.run([sys.executable, "-c", code_pipeline], capture_output=True, text=True, check=True,
+                            env=env)
+    assert "nibabel" in loaded.stdout.split()

@@ -1,4 +1,4 @@
-"""Tests of bhd_app.model: the edge-to-image 3D U-Net (supplement S3.1) and the coordinate channels (section 3.3)."""
+"""Tests of bhd_app.method.model: the edge-to-image 3D U-Net (supplement S3.1) and the coordinate channels (section 3.3)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from bhd_app.model import Down, EdgeToImageUNet, RMSNorm, UNetConfig, coordinate_grid, time_embedding
-from bhd_app.templates import harmonization_grid
+from bhd_app.method.model import Down, EdgeToImageUNet, RMSNorm, UNetConfig, coordinate_grid, time_embedding
+from bhd_app.pipeline.templates import harmonization_grid
 
 
 def small_net(width: int = 4, seed: int = 0) -> EdgeToImageUNet:

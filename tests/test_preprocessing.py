@@ -17,7 +17,7 @@ import pytest
 from scipy import ndimage
 
 from bhd_app.errors import BHDInputError
-from bhd_app.preprocessing import (
+from bhd_app.pipeline.preprocessing import (
     carry_change_to_native,
     load_anatomical,
     looks_skull_stripped,
@@ -26,7 +26,7 @@ from bhd_app.preprocessing import (
     template_brain_mask_on_grid,
     to_native,
 )
-from bhd_app.templates import GRID_SHAPE
+from bhd_app.pipeline.templates import GRID_SHAPE
 
 HEAD = "IXI/IXI014-HH-1236-T1_ds.nii.gz"
 STRIPPED_T1 = "IXI/hd_bet_IXI002-Guys-0828-T1.nii.gz"
@@ -215,8 +215,8 @@ def test_template_method_on_a_head(head, tmp_path):
 
 
 def test_tissue_fit_tells_brains_of_any_contrast_from_a_phantom():
-    from bhd_app.preprocessing import MIN_TISSUE_FIT, template_brain_mask_on_grid, tissue_fit
-    from bhd_app.templates import template_on_grid
+    from bhd_app.pipeline.preprocessing import MIN_TISSUE_FIT, template_brain_mask_on_grid, tissue_fit
+    from bhd_app.pipeline.templates import template_on_grid
 
     t1, mask = template_on_grid(), template_brain_mask_on_grid() > 0
     assert tissue_fit(t1, mask) > 0.9 and tissue_fit(t1.max() - t1, mask) > 0.9  # T1-like and inverted (T2-like)

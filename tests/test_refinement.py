@@ -1,4 +1,4 @@
-"""Tests of bhd_app.refinement: gradient ascent on NCC / MI with the source image (section 3.5).
+"""Tests of bhd_app.method.refinement: gradient ascent on NCC / MI with the source image (section 3.5).
 
 The "generated" images stand in for the edge-to-image output: the session's simulated target-domain (trio3t)
 render, blurred or with its histogram distorted; the source is the same anatomy under the large-gap source
@@ -12,8 +12,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from bhd_app import metrics
-from bhd_app.refinement import OBJECTIVES, mi_gradient, ncc_gradient, refine
+from bhd_app.evaluation import metrics
+from bhd_app.method.refinement import OBJECTIVES, mi_gradient, ncc_gradient, refine
 
 # A 14 x 14 x 14 block inside the brain for the (slow, Parzen-window) MI objective.
 MI_BLOCK = (slice(57, 71), slice(73, 87), slice(61, 75))
@@ -204,7 +204,7 @@ def test_frequency_split_keeps_the_generated_low_and_the_reference_high_frequenc
     """Closed forms: a constant offset of the reference is a pure low frequency, so it is kept exactly
     (normalized convolution inside the mask reproduces a constant to the edge); and what the split returns
     differs from the reference only by the low-passed difference of the two inputs."""
-    from bhd_app.refinement import frequency_split, masked_lowpass
+    from bhd_app.method.refinement import frequency_split, masked_lowpass
 
     mask = images["mask"]
     reference = np.where(mask > 0, 0.2 + 0.6 * images["source"], 0).astype(np.float32)

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from bhd_app.cli.run import main
-from bhd_app.harmonize import default_model_path
+from bhd_app.config import default_model_path
 from conftest import small_dataset
 
 VIDA, BIOGRAPH, TRIO = ("02", "vida", "T1w"), ("02", "biograph", "T1w"), ("02", "trio", "T1w")

@@ -1,4 +1,4 @@
-"""Tests of bhd_app.simulation: signal equations, relaxation times, scanner acquisition and grid rendering.
+"""Tests of bhd_app.evaluation.simulation: signal equations, relaxation times, scanner acquisition and grid rendering.
 
 The anatomy is the session's simulated subject (conftest); acquisitions use a small field of view to stay fast.
 """
@@ -9,8 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bhd_app import simulation as S
-from bhd_app.templates import harmonization_grid
+from bhd_app.evaluation import simulation as S
+from bhd_app.pipeline.templates import harmonization_grid
 
 MPRAGE = [name for name, p in S.PROTOCOLS.items() if p.sequence == "MPRAGE"]
 FOV = (96.0, 112.0, 96.0)

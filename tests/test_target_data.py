@@ -1,11 +1,11 @@
-"""Tests of bhd_app.target_data: the compact cache of prepared target-domain images."""
+"""Tests of bhd_app.training.data: the compact cache of prepared target-domain images."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from bhd_app.edges import canny_edges
-from bhd_app.target_data import load_cache, save_cache
+from bhd_app.method.edges import canny_edges
+from bhd_app.training.data import load_cache, save_cache
 
 
 def test_cache_round_trip_keeps_masks_and_edges_exactly_and_images_to_8_bits(small_subject, tmp_path):

@@ -1,4 +1,4 @@
-"""Tests of bhd_app.training: multi-stride patches (section 3.4), the loop, checkpoints and resume.
+"""Tests of bhd_app.training.patches and .trainer: multi-stride patches (section 3.4), the loop, checkpoints and resume.
 
 The loop tests train tiny networks on the session's simulated target-domain (trio3t) image and its edge map.
 """
@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from bhd_app.edges import canny_edges
-from bhd_app.flow import to_flow_space
-from bhd_app.model import EdgeToImageUNet, UNetConfig, coordinate_grid
-from bhd_app.training import PatchSampler, TrainConfig, Trainer, patch_slices, patch_strides
+from bhd_app.config import PAPER_TRAINING, TRAINING
+from bhd_app.method.edges import canny_edges
+from bhd_app.method.flow import to_flow_space
+from bhd_app.method.model import EdgeToImageUNet, UNetConfig, coordinate_grid
+from bhd_app.training.patches import PatchSampler, patch_slices, patch_strides
+from bhd_app.training.trainer import TrainConfig, Trainer
 
 GRID = (128, 160, 136)
 
@@ -256,9 +258,23 @@ def test_ema_follows_the_weights(target, tmp_path):
 def test_config_round_trip():
     config = tiny_config()
     assert TrainConfig.from_dict(config.to_dict()) == config
-    paper = TrainConfig()
-    assert (paper.patch_size, paper.batch_size, paper.learning_rate, paper.steps, paper.multi_stride_fraction) == (
-        64, 8, 5e-5, 150_000, 0.2)
+    paper = TrainConfig.from_settings(PAPER_TRAINING)
+    assert (paper.patch_size, paper.batch_size, paper.learning_rate, paper.steps, paper.multi_stride_fraction,
+            paper.unet.base_width, paper.parameterization) == (64, 8, 5e-5, 150_000, 0.2, 64, "velocity")
+
+
+def test_training_defaults_are_defined_once():
+    """bhd-train's parser, the training loop's config and config.TRAINING agree; given options reach the loop."""
+    from bhd_app.cli.train import build_parser, training_settings
+
+    assert training_settings(build_parser().parse_args(["run", "--synthetic", "1"])) == TRAINING
+    assert TrainConfig.from_settings(TRAINING) == TrainConfig()
+    args = build_parser().parse_args(["run", "--synthetic", "1", "--lr", "1e-4", "--width", "8",
+                                      "--late-time-fraction", "0.5", "--checkpoint-minutes", "1"])
+    config = TrainConfig.from_settings(training_settings(args))
+    assert (config.learning_rate, config.unet.base_width, config.late_time_fraction, config.checkpoint_every_s) == (
+        1e-4, 8, 0.5, 60.0)
+    assert config.patch_size == TRAINING.patch_size and config.parameterization == TRAINING.parameterization
 
 
 def test_compact_state_round_trip(tmp_path):
@@ -287,10 +303,9 @@ def test_validator_logs_the_fixed_settings_and_the_participant_defaults(target, 
     import csv
     import json
 
-    from bhd_app.baselines import target_quantiles
     from bhd_app.config import T1W
-    from bhd_app.cli.train import Validator
-    from bhd_app.validation import TravelingSubject
+    from bhd_app.method.baselines import target_quantiles
+    from bhd_app.training.validation import TravelingSubject, Validator
 
     source, reference, mask = small_subject["vision15t"], small_subject["trio3t"], small_subject["mask"]
     subjects = [TravelingSubject(1, "vision15t", source, reference, mask)]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from bhd_app.metrics import lesion_contrast
-from bhd_app.simulation import make_anatomy
-from bhd_app.templates import harmonization_grid
-from bhd_app.validation import VALIDATION_SEEDS, lesion_masks, traveling_subjects
+from bhd_app.evaluation.metrics import lesion_contrast
+from bhd_app.evaluation.simulation import make_anatomy
+from bhd_app.pipeline.templates import harmonization_grid
+from bhd_app.training.validation import VALIDATION_SEEDS, lesion_masks, traveling_subjects
 
 
 def test_lesion_masks_hold_the_lesions_and_the_white_matter_around_them(anatomy):

@@ -15,8 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from .. import __version__
-from ..errors import BHDInputError
 from ..config import HarmonizationSettings, preset
+from ..errors import BHDInputError
 from .parser import build_parser
 
 LOGGER = logging.getLogger("bhd")
@@ -39,7 +39,7 @@ def check_inputs(jobs, crash_dir: Path) -> tuple[list, list[tuple[object, str]]]
 
     Warnings (NaN voxels set to 0, ...) are logged as one line each; a bad input gets a crash file.
     """
-    from ..preprocessing import load_anatomical
+    from ..pipeline.preprocessing import load_anatomical
 
     good, bad = [], []
     for job in jobs:
@@ -97,12 +97,14 @@ def plugin_arguments(text: str | None) -> dict:
 
 
 def run_participant(args) -> int:
-    from ..boilerplate import write_methods
-    from ..bids import check_output_dir, collect_jobs, load_bids_filters, load_layout, write_dataset_description
-    from ..derivatives import job_is_complete
-    from ..harmonize import load_model, select_device
-    from ..progress import JobProgress
-    from ..workflows import init_participant_wf
+    from ..modelfile import load_model, select_device
+    from ..pipeline.bids import (check_output_dir, collect_jobs, load_bids_filters, load_layout,
+                                 write_dataset_description)
+    from ..pipeline.boilerplate import write_methods
+    from ..pipeline.crashes import read_crashes
+    from ..pipeline.derivatives import job_is_complete
+    from ..pipeline.progress import JobProgress
+    from ..pipeline.workflows import init_participant_wf
 
     plugin_args = plugin_arguments(args.plugin_args)
     work_dir = args.work_dir or Path.cwd() / "work"
@@ -162,9 +164,11 @@ def run_participant(args) -> int:
             finally:
                 if progress is not None:
                     progress.close()
+        crashes = read_crashes(crash_dir)
         for job in todo:
             if not job_is_complete(args.output_dir, job):
-                failed.append((job, _crash_message(crash_dir, job) or "failed; see the crash files in " + str(crash_dir)))
+                newest = [c for c in crashes if c.is_of(job.name)][-1:]
+                failed.append((job, newest[0].message if newest else f"failed; see the crash files in {crash_dir}"))
     done = [j for j in jobs if job_is_complete(args.output_dir, j)]
     print(f"bhd: {len(done)} of {len(jobs)} jobs complete in {args.output_dir}")
     for job, message in failed:
@@ -172,32 +176,8 @@ def run_participant(args) -> int:
     return EXIT_JOBS_FAILED if failed else 0
 
 
-def crash_files(crash_dir: Path, job) -> list[Path]:
-    """A job's crash files, oldest first: nipype's name only the node, their first line names the workflow."""
-    tag = job.name.replace("-", "_")
-    found = []
-    for crash in crash_dir.glob("crash-*.txt") if crash_dir.exists() else []:
-        with open(crash, errors="replace") as f:
-            first = f.readline()
-        if tag in crash.name or f".{tag}." in first:
-            found.append(crash)
-    return sorted(found, key=os.path.getmtime)
-
-
-def _crash_message(crash_dir: Path, job) -> str | None:
-    """The last line of the newest crash file of a job's nodes (the user-facing error when there is one)."""
-    for crash in reversed(crash_files(crash_dir, job)):
-        lines = [ln.strip() for ln in crash.read_text(errors="replace").splitlines() if ln.strip()]
-        for line in reversed(lines):
-            if "BHDInputError:" in line:
-                return line.split("BHDInputError:", 1)[1].strip()
-        if lines:
-            return f"{lines[-1]} (crash file: {crash})"
-    return None
-
-
 def _validate_input(bids_dir: Path) -> None:
-    from ..bids import BIDSValidatorMissing, run_bids_validator
+    from ..pipeline.bids import BIDSValidatorMissing, run_bids_validator
 
     try:
         ok, summary = run_bids_validator(bids_dir)
@@ -212,10 +192,11 @@ def _validate_input(bids_dir: Path) -> None:
 
 
 def run_group(args) -> int:
-    from ..group import run_group_level
+    from ..pipeline.group import run_group_level
 
-    with temporary_dir_in(Path(tempfile.gettempdir())):  # the group level needs no work directory
-        return run_group_level(args.bids_dir, args.output_dir, args.model)
+    database_dir = args.work_dir / "pybids" if args.work_dir else None
+    with temporary_dir_in(Path(tempfile.gettempdir())):  # the group level's own temporary files
+        return run_group_level(args.bids_dir, args.output_dir, args.model, database_dir)
 
 
 def _configure_logging(verbose: int) -> None:

@@ -17,19 +17,22 @@ import csv
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .. import __version__
-from ..baselines import target_quantiles, target_spectrum
-from ..config import T1W, HarmonizationSettings, card_defaults
+from ..config import PAPER_TRAINING, PARAMETERIZATIONS, TRAINING, TrainingSettings, card_defaults
 from ..errors import BHDInputError
-from ..harmonize import HarmonizationModel, load_model, save_model, select_device
-from ..model import UNetConfig
-from ..target_data import bids_target_data, load_cache, save_cache, synthetic_target_data
-from ..training import Distributed, PatchSampler, TrainConfig, Trainer
+from ..method.baselines import target_quantiles, target_spectrum
+from ..method.model import UNetConfig
+from ..modelfile import load_model, save_model, select_device
+from ..training.data import bids_target_data, load_cache, save_cache, synthetic_target_data
+from ..training.patches import PatchSampler
+from ..training.trainer import Distributed, TrainConfig, Trainer
+from ..training.validation import Validator
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,18 +44,23 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--synthetic", type=int, metavar="N", help="render N simulated target-domain subjects")
     p.add_argument("--participant-label", nargs="+", help="with --bids-dir: train on these subjects only")
     p.add_argument("--lesion-every", type=int, default=3, help="--synthetic: every k-th subject has WM lesions")
-    p.add_argument("--width", type=int, default=16, help="U-Net base width (paper: 64)")
-    p.add_argument("--patch-size", type=int, default=48, help="cubic patch size (paper: 64)")
-    p.add_argument("--batch-size", type=int, default=4,
-                   help="global batch, split over the processes under torchrun (paper: 8)")
-    p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (paper: 5e-5)")
-    p.add_argument("--multi-stride-fraction", type=float, default=0.2)
-    p.add_argument("--late-time-fraction", type=float, default=0.0,
-                   help="share of training times drawn from U(0.5, 1) instead of U(0, 1) (paper: 0)")
-    p.add_argument("--parameterization", choices=("velocity", "image"), default="image")
-    p.add_argument("--steps", type=int, default=150_000, help="total steps (resume counts those done)")
+    d, paper = TRAINING, PAPER_TRAINING
+    p.add_argument("--width", type=int, default=d.width, help=f"U-Net base width (paper: {paper.width})")
+    p.add_argument("--patch-size", type=int, default=d.patch_size, help=f"cubic patch size (paper: {paper.patch_size})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help=f"global batch, split over the processes under torchrun (paper: {paper.batch_size})")
+    p.add_argument("--lr", type=float, default=d.learning_rate,
+                   help=f"Adam learning rate (paper: {paper.learning_rate:g})")
+    p.add_argument("--multi-stride-fraction", type=float, default=d.multi_stride_fraction,
+                   help="share of multi-stride patches (section 3.4)")
+    p.add_argument("--late-time-fraction", type=float, default=d.late_time_fraction,
+                   help=f"share of training times drawn from U(0.5, 1) instead of U(0, 1) "
+                        f"(paper: {paper.late_time_fraction:g})")
+    p.add_argument("--parameterization", choices=PARAMETERIZATIONS, default=d.parameterization,
+                   help=f"what the network predicts (paper: {paper.parameterization})")
+    p.add_argument("--steps", type=int, default=d.steps, help="total steps (resume counts those done)")
     p.add_argument("--time-budget", type=float, help="stop after this many minutes in this call")
-    p.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    p.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_every_s / 60)
     p.add_argument("--validate-minutes", type=float, default=20.0,
                    help="score the EMA model on validation subjects at most this often (0: never)")
     p.add_argument("--export", type=Path, help="write the EMA model here (.pt + .json card) at the end")
@@ -70,8 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prepare-only", action="store_true",
                    help="preprocess (or render) the target data into RUN_DIR/data.npz and stop")
     p.add_argument("--mixed-precision", action="store_true", help="bfloat16 autocast on CUDA (faster on a GPU)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=d.seed)
     return p
+
+
+def training_settings(args: argparse.Namespace) -> TrainingSettings:
+    """The training settings the command line gives (``config.TrainingSettings``; defaults ``config.TRAINING``)."""
+    return replace(TRAINING, width=args.width, patch_size=args.patch_size, batch_size=args.batch_size,
+                   learning_rate=args.lr, steps=args.steps, multi_stride_fraction=args.multi_stride_fraction,
+                   parameterization=args.parameterization, late_time_fraction=args.late_time_fraction,
+                   seed=args.seed, checkpoint_every_s=args.checkpoint_minutes * 60)
 
 
 def load_or_make_data(args) -> tuple[list, list, list, dict]:
@@ -144,11 +160,7 @@ def train(args: argparse.Namespace, dist: Distributed, device: torch.device) -> 
     if args.prepare_only:
         print(f"prepared {len(images)} target-domain images in {args.run_dir / 'data.npz'}")
         return 0
-    config = TrainConfig(patch_size=args.patch_size, batch_size=args.batch_size, learning_rate=args.lr,
-                         steps=args.steps, multi_stride_fraction=args.multi_stride_fraction,
-                         parameterization=args.parameterization, late_time_fraction=args.late_time_fraction,
-                         seed=args.seed,
-                         checkpoint_every_s=args.checkpoint_minutes * 60, unet=UNetConfig(base_width=args.width))
+    config = TrainConfig.from_settings(training_settings(args))
     sampler = PatchSampler(images, edges, config.patch_size, config.multi_stride_fraction, seed=args.seed)
     trainer = Trainer(config, sampler, args.run_dir, device, dist, compile=args.compile,
                       mixed_precision=args.mixed_precision)
@@ -207,50 +219,6 @@ def _recent_loss(log: Path, n: int = 200) -> float:
     with open(log) as f:
         losses = [float(r["loss"]) for r in csv.DictReader(f, delimiter="\t")]
     return round(float(np.mean(losses[-n:])), 5)
-
-
-class Validator:
-    """Scores the EMA network on validation traveling subjects, at most every ``every_s`` seconds.
-
-    Two rows per subject and checkpoint: the fixed settings the curve has used since step 1 (comparable over
-    the whole campaign) and the participant level's current T1w defaults.
-    """
-
-    FIXED_SETTINGS = HarmonizationSettings(start_time=0.5, steps=2, refinement="ncc", refine_step=0.02,
-                                           refine_step_rule="rms", refine_reference="source")
-
-    def __init__(self, run_dir: Path, quantiles: np.ndarray, every_s: float, subjects: list | None = None):
-        from ..validation import traveling_subjects
-
-        self.log = run_dir / "validation.tsv"
-        self.quantiles = quantiles
-        self.every_s = every_s
-        self.last = -float("inf")
-        self.subjects = traveling_subjects() if subjects is None else subjects
-        self.settings = [self.FIXED_SETTINGS, T1W]
-
-    def __call__(self, trainer: Trainer) -> None:
-        from ..validation import validate
-
-        if time.monotonic() - self.last < self.every_s:
-            return
-        self.last = time.monotonic()
-        model = HarmonizationModel(trainer.ema, trainer.config.parameterization, self.quantiles, {}, Path("ema"),
-                                   "", trainer.device)
-        for settings in self.settings:
-            rows = validate(model, self.subjects, settings)
-            new = not self.log.exists()
-            with open(self.log, "a") as f:
-                if new:
-                    f.write("\t".join(["step", "wall_s", "settings"] + list(rows[0])) + "\n")
-                for row in rows:
-                    values = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()]
-                    f.write("\t".join([str(trainer.step), f"{trainer.wall:.0f}", json.dumps(settings.to_dict()),
-                                        *values]) + "\n")
-            mean = {k: np.mean([r[k] for r in rows])
-                    for k in ("histmatch_ssim", "bhd_ssim", "histmatch_psnr", "bhd_psnr")}
-            print(f"\nvalidation step {trainer.step} {json.dumps(settings.to_dict())}: "
-                  + ", ".join(f"{k} {v:.3f}" for k, v in mean.items()), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -39,8 +39,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
-from .errors import BHDInputError
-from .intensity import PERCENTILES, normalize_percentile  # noqa: F401 (part of this stage)
+from ..errors import BHDInputError
+from ..method.intensity import PERCENTILES, normalize_percentile  # noqa: F401 (part of this stage)
 from .templates import TEMPLATE_SPACE, harmonization_grid, load_template, template_on_grid
 
 BRAIN_EXTRACTION_METHODS = ("auto", "deepbet", "template", "nonzero")

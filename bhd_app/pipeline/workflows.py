@@ -11,7 +11,6 @@ Function interface requires.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from nipype.interfaces.utility import Function
@@ -40,9 +39,9 @@ def run_preprocessing(in_file: str, contrast: str, brain_extraction: str, seed: 
 
     import nibabel as nib
 
-    from bhd_app.preprocessing import preprocess
-    from bhd_app.templates import harmonization_grid
-    from bhd_app.workflows import save_nifti
+    from bhd_app.pipeline.preprocessing import preprocess
+    from bhd_app.pipeline.templates import harmonization_grid
+    from bhd_app.pipeline.workflows import save_nifti
 
     cwd = os.getcwd()
     pre = preprocess(in_file, cwd, brain_extraction=brain_extraction, seed=seed, n_threads=omp_nthreads,
@@ -72,11 +71,12 @@ def run_harmonization(preproc_file: str, mask_file: str, settings: dict, device:
     import numpy as np
     import torch
 
-    from bhd_app.baselines import SSIMH_CUTOFF, histogram_matching, spectrum_swapping
     from bhd_app.config import HarmonizationSettings
-    from bhd_app.edges import canny_edges
-    from bhd_app.harmonize import harmonize, load_model, select_device
-    from bhd_app.workflows import save_nifti
+    from bhd_app.method.baselines import SSIMH_CUTOFF, histogram_matching, spectrum_swapping
+    from bhd_app.method.edges import canny_edges
+    from bhd_app.method.harmonize import harmonize
+    from bhd_app.modelfile import load_model, select_device
+    from bhd_app.pipeline.workflows import save_nifti
 
     torch.set_num_threads(max(int(omp_nthreads), 1))
     cwd = os.getcwd()
@@ -123,7 +123,7 @@ def run_to_native(grid_file: str, xfm_file: str, in_file: str, preproc_file: str
     import nibabel as nib
     import numpy as np
 
-    from bhd_app.preprocessing import carry_change_to_native, to_native
+    from bhd_app.pipeline.preprocessing import carry_change_to_native, to_native
 
     out_file = os.path.join(os.getcwd(), "native.nii.gz")
     harmonized = np.asarray(nib.load(grid_file).dataobj, dtype=np.float32)
@@ -142,11 +142,20 @@ def run_derivatives(job_json: str, out_dir: str, bids_dir: str, settings: dict, 
                     edges_file: str, harmonization_info: str, native_file: str, native_mask_file: str,
                     uncertainty_file: str = ""):
     """Node: write this job's BIDS derivatives (atomically) and return the path of the main output."""
-    from bhd_app.derivatives import write_job_derivatives
+    import json
+    from pathlib import Path
 
-    return write_job_derivatives(job_json, out_dir, bids_dir, settings, preproc_file, mask_file, xfm_file,
-                                 preproc_info, harmonized_file, generated_file, edges_file, harmonization_info,
-                                 native_file, native_mask_file, uncertainty_file)
+    from bhd_app.pipeline.bids import Job
+    from bhd_app.pipeline.derivatives import write_job_derivatives
+
+    files = {"preproc": preproc_file, "mask": mask_file, "xfm": xfm_file, "edges": edges_file,
+             "generated": generated_file, "harmonized": harmonized_file, "native": native_file,
+             "native_mask": native_mask_file}
+    if uncertainty_file:
+        files["uncertainty"] = uncertainty_file
+    return str(write_job_derivatives(Job.from_json(job_json), Path(out_dir), Path(bids_dir), settings, files,
+                                     json.loads(Path(preproc_info).read_text()),
+                                     json.loads(Path(harmonization_info).read_text())))
 
 
 def _node(function, inputs: list[str], outputs: list[str], name: str, **values) -> pe.Node:
@@ -161,7 +170,7 @@ def init_job_wf(job: Job, out_dir: Path, bids_dir: Path, settings: dict, device:
     """The workflow of one job: preprocessing, harmonization, native-space image, derivatives.
 
     Example:
-        >>> from bhd_app.bids import Job
+        >>> from bhd_app.pipeline.bids import Job
         >>> job = Job("01", "trio", "T1w", Path("sub-01_ses-trio_T1w.nii.gz"), {}, {})
         >>> wf = init_job_wf(job, Path("out"), Path("."), {"method": "none"})
         >>> sorted(wf.list_node_names())
@@ -179,16 +188,12 @@ def init_job_wf(job: Job, out_dir: Path, bids_dir: Path, settings: dict, device:
     nat = _node(run_to_native, ["grid_file", "xfm_file", "in_file", "preproc_file", "native_preproc_file",
                                 "native_mask_file", "native"], ["out_file"], "to_native",
                 in_file=str(job.path), native=settings.get("native", "resample"))
-    # pybids' run entity is an int that remembers its zero padding (run-01); JSON would drop it.
-    entities = {k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in job.entities.items()}
-    job_json = json.dumps({"subject": job.subject, "session": job.session, "suffix": job.suffix,
-                           "path": str(job.path), "entities": entities, "metadata": job.metadata}, default=str)
     out = _node(run_derivatives, ["job_json", "out_dir", "bids_dir", "settings", "preproc_file", "mask_file",
                                   "xfm_file", "preproc_info", "harmonized_file", "generated_file", "edges_file",
                                   "harmonization_info", "native_file", "native_mask_file", "uncertainty_file"],
                 ["out_file"],
                 "derivatives",
-                job_json=job_json, out_dir=str(out_dir), bids_dir=str(bids_dir), settings=settings)
+                job_json=job.to_json(), out_dir=str(out_dir), bids_dir=str(bids_dir), settings=settings)
     out.overwrite = True  # cheap, and it must follow the current code and output folder even when cached
     wf.connect([
         (pre, har, [("preproc_file", "preproc_file"), ("mask_file", "mask_file")]),

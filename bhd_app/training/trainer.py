@@ -1,14 +1,10 @@
-"""Training the edge-to-image model on target-domain images (sections 3.3-3.4, 4.2-4.3).
+"""Training the edge-to-image model on target-domain patches (sections 3.3, 4.2-4.3).
 
-Patches are either *simple patches* (stride 1) or *multi-stride patches*: a
-random sub-volume whose size along each axis is an n-multiple of the patch size
-(n drawn per axis), down-sampled to the patch size by strided indexing. The
-coordinate channels are taken from the full-volume grid the same way, so the
-network always knows where a patch came from. Random flips on all three axes.
-
-The loop keeps an EMA of the weights, writes checkpoints atomically (model,
-EMA, optimizer, step, RNG states), appends the loss to a TSV log and resumes
-from the last checkpoint. Knows nothing of BIDS: it takes arrays.
+The loop draws batches from a ``patches.PatchSampler``, regresses the velocity
+field (``flow.rectified_flow_loss``, eq. 6), keeps an EMA of the weights, writes
+checkpoints atomically (model, EMA, optimizer, step, RNG states), appends the
+loss to a TSV log and resumes from the last checkpoint. Knows nothing of BIDS:
+it takes arrays.
 
 Under ``torchrun`` the loop runs data-parallel (DistributedDataParallel, one
 process per GPU): every rank draws the random numbers of the whole global batch
@@ -32,25 +28,35 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .flow import rectified_flow_loss, to_flow_space, training_noise
-from .model import EdgeToImageUNet, UNetConfig, coordinate_grid
+from ..config import TRAINING, TrainingSettings
+from ..method.flow import rectified_flow_loss, training_noise
+from ..method.model import EdgeToImageUNet, UNetConfig
+from .patches import PatchSampler
 
 
 @dataclass
 class TrainConfig:
-    """Training settings; the paper's are patch 64, batch 8, lr 5e-5, 150k steps, 20 % multi-stride."""
+    """What the training loop runs with: ``config.TrainingSettings`` with the U-Net's full config.
 
-    patch_size: int = 64
-    batch_size: int = 8
-    learning_rate: float = 5e-5
-    steps: int = 150_000
-    multi_stride_fraction: float = 0.2
-    parameterization: str = "velocity"
-    late_time_fraction: float = 0.0  # share of t ~ U(0.5, 1) draws (flow.training_times); paper: 0
-    ema_decay: float = 0.999
-    seed: int = 0
-    checkpoint_every_s: float = 300.0
-    unet: UNetConfig = field(default_factory=UNetConfig)
+    The defaults are ``config.TRAINING``'s; ``from_settings`` builds one from any settings.
+    """
+
+    patch_size: int = TRAINING.patch_size
+    batch_size: int = TRAINING.batch_size
+    learning_rate: float = TRAINING.learning_rate
+    steps: int = TRAINING.steps
+    multi_stride_fraction: float = TRAINING.multi_stride_fraction
+    parameterization: str = TRAINING.parameterization
+    late_time_fraction: float = TRAINING.late_time_fraction  # share of t ~ U(0.5, 1) (flow.training_times)
+    ema_decay: float = TRAINING.ema_decay
+    seed: int = TRAINING.seed
+    checkpoint_every_s: float = TRAINING.checkpoint_every_s
+    unet: UNetConfig = field(default_factory=lambda: UNetConfig(base_width=TRAINING.width))
+
+    @classmethod
+    def from_settings(cls, settings: TrainingSettings) -> "TrainConfig":
+        values = {k: v for k, v in settings.to_dict().items() if k != "width"}
+        return cls(**values, unet=UNetConfig(base_width=settings.width))
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -103,76 +109,6 @@ class Distributed:
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                              timeout=timedelta(minutes=60))
         return device
-
-
-def patch_strides(volume_shape: tuple[int, ...], patch_size: int, multi_stride: bool,
-                  rng: np.random.Generator) -> tuple[int, int, int]:
-    """Per-axis strides n: all 1 for a simple patch; for a multi-stride patch n ~ U{1..max}, not all 1."""
-    if not multi_stride:
-        return (1, 1, 1)
-    largest = [max(s // patch_size, 1) for s in volume_shape]
-    if max(largest) == 1:
-        return (1, 1, 1)
-    while True:
-        strides = tuple(int(rng.integers(1, m + 1)) for m in largest)
-        if max(strides) > 1:
-            return strides
-
-
-def patch_slices(volume_shape: tuple[int, ...], patch_size: int, strides: tuple[int, int, int],
-                 rng: np.random.Generator) -> tuple[slice, slice, slice]:
-    """Slices that cut a sub-volume of n * patch_size voxels and keep every n-th voxel (section 3.4)."""
-    out = []
-    for size, n in zip(volume_shape, strides):
-        extent = n * patch_size
-        start = int(rng.integers(0, size - extent + 1))
-        out.append(slice(start, start + extent, n))
-    return tuple(out)
-
-
-class PatchSampler:
-    """Draws multi-stride / simple patches of (image, edge map, coordinates) from whole volumes.
-
-    ``images`` and ``edge_maps`` are lists of arrays on the same grid, images in [0, 1].
-    A batch is (x1 in flow space (B, 1, P, P, P), condition (B, 4, P, P, P)).
-    """
-
-    def __init__(self, images: list[np.ndarray], edge_maps: list[np.ndarray], patch_size: int,
-                 multi_stride_fraction: float, seed: int = 0):
-        shapes = {im.shape for im in images} | {e.shape for e in edge_maps}
-        if len(shapes) != 1:
-            raise ValueError(f"all volumes must share one grid, got shapes {shapes}")
-        self.shape = shapes.pop()
-        if min(self.shape) < patch_size:
-            raise ValueError(f"patch size {patch_size} exceeds the volume shape {self.shape}")
-        self.volumes = [torch.from_numpy(np.stack([to_flow_space(im), e]).astype(np.float32))
-                        for im, e in zip(images, edge_maps)]
-        self.coords = coordinate_grid(self.shape)
-        self.patch_size = patch_size
-        self.multi_stride_fraction = multi_stride_fraction
-        self.rng = np.random.default_rng(seed)
-
-    def _draw(self) -> tuple[int, tuple[slice, slice, slice], list[int]]:
-        """The random choices of one patch: volume, slices, flipped dimensions."""
-        volume = int(self.rng.integers(len(self.volumes)))
-        strides = patch_strides(self.shape, self.patch_size, self.rng.random() < self.multi_stride_fraction, self.rng)
-        sl = patch_slices(self.shape, self.patch_size, strides, self.rng)
-        flips = [d + 1 for d in range(3) if self.rng.random() < 0.5]
-        return volume, sl, flips
-
-    def _cut(self, volume: int, sl: tuple[slice, slice, slice], flips: list[int]) -> torch.Tensor:
-        p = torch.cat([self.volumes[volume][(slice(None), *sl)], self.coords[(slice(None), *sl)]])
-        return p.flip(flips) if flips else p
-
-    def patch(self) -> torch.Tensor:
-        """One patch as (5, P, P, P): image, edge map, three coordinate channels."""
-        return self._cut(*self._draw())
-
-    def batch(self, size: int, part: slice | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """A batch of ``size`` patches, or only its ``part`` (the random draws are those of the whole batch)."""
-        draws = [self._draw() for _ in range(size)]
-        b = torch.stack([self._cut(*d) for d in draws[part or slice(None)]])
-        return b[:, :1].contiguous(), b[:, 1:].contiguous()
 
 
 def _atomic_save(obj, path: Path) -> None:

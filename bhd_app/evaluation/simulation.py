@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from .intensity import normalize_percentile  # the very normalization of the pipeline (section 4.1)
-from .templates import Grid, harmonization_grid, load_template
+from ..method.intensity import normalize_percentile  # the very normalization of the pipeline (section 4.1)
+from ..pipeline.templates import Grid, harmonization_grid, load_template
 
 TISSUES = ("csf", "gm", "wm", "lesion", "skull", "marrow", "scalp")
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .edges import canny_edges
-from .errors import BHDInputError
+from ..errors import BHDInputError
+from ..method.edges import canny_edges
 
 SYNTHETIC_SEED0 = 1000
 CACHE_FORMAT = 2  # cropped uint8 images, packed masks and edge maps
@@ -27,7 +27,7 @@ CACHE_FORMAT = 2  # cropped uint8 images, packed masks and edge maps
 
 def synthetic_target_subject(k: int, lesions: int):
     """Synthetic training subject ``k`` rendered by the target protocol: (image, brain mask, edge map, anatomy)."""
-    from .simulation import PROTOCOLS, TARGET_PROTOCOL, make_anatomy, render_on_grid
+    from ..evaluation.simulation import PROTOCOLS, TARGET_PROTOCOL, make_anatomy, render_on_grid
 
     seed = SYNTHETIC_SEED0 + k
     anatomy = make_anatomy(seed, lesions=lesions)
@@ -37,7 +37,7 @@ def synthetic_target_subject(k: int, lesions: int):
 
 def synthetic_target_data(n: int, lesion_every: int) -> tuple[list, list, list, dict]:
     """``n`` simulated target-domain subjects; every ``lesion_every``-th one carries 3 WM lesions."""
-    from .simulation import TARGET_PROTOCOL
+    from ..evaluation.simulation import TARGET_PROTOCOL
 
     images, masks, edges = [], [], []
     for k in range(n):
@@ -49,13 +49,13 @@ def synthetic_target_data(n: int, lesion_every: int) -> tuple[list, list, list, 
         print(f"rendered synthetic subject {k + 1}/{n}", file=sys.stderr)
     desc = {"source": "synthetic", "protocol": TARGET_PROTOCOL, "subjects": n,
             "seeds": [SYNTHETIC_SEED0, SYNTHETIC_SEED0 + n - 1],
-            "description": "physics-rendered MNI152 2009a anatomy (bhd_app.simulation), target protocol "
+            "description": "physics-rendered MNI152 2009a anatomy (bhd_app.evaluation.simulation), target protocol "
                            "modelled on a Siemens TIM Trio 3T MPRAGE (paper Table S1)"}
     return images, masks, edges, desc
 
 
 def _preprocess_one(path: Path, work_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    from .preprocessing import preprocess
+    from ..pipeline.preprocessing import preprocess
 
     pre = preprocess(path, work_dir)
     return pre.image, pre.brain_mask, canny_edges(pre.image)[0]
@@ -63,7 +63,7 @@ def _preprocess_one(path: Path, work_dir: Path) -> tuple[np.ndarray, np.ndarray,
 
 def bids_target_data(bids_dir: Path, labels, work_dir: Path, nprocs: int = 1) -> tuple[list, list, list, dict]:
     """Every T1w image of ``bids_dir`` (or of the ``labels`` subjects), preprocessed on ``nprocs`` processes."""
-    from .bids import collect_jobs, load_layout
+    from ..pipeline.bids import collect_jobs, load_layout
 
     jobs = collect_jobs(load_layout(bids_dir), participant_labels=labels)
     if len(jobs) < 2:

@@ -9,18 +9,26 @@ benchmark.
 
 from __future__ import annotations
 
+import json
+import sys
+import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
 
-from .baselines import histogram_matching
-from .config import T1W, HarmonizationSettings
-from .edges import canny_edges
-from .harmonize import HarmonizationModel, generate, harmonize
-from .metrics import fidelity, lesion_contrast
-from .simulation import PROTOCOLS, TARGET_PROTOCOL, Anatomy, make_anatomy, render_on_grid
-from .templates import Grid, harmonization_grid
+from ..config import T1W, HarmonizationSettings
+from ..evaluation.metrics import fidelity, lesion_contrast
+from ..evaluation.simulation import PROTOCOLS, TARGET_PROTOCOL, Anatomy, make_anatomy, render_on_grid
+from ..method.baselines import histogram_matching
+from ..method.edges import canny_edges
+from ..method.harmonize import HarmonizationModel, generate, harmonize
+from ..pipeline.templates import Grid, harmonization_grid
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
 
 VALIDATION_SEEDS = (3001, 3002)
 VALIDATION_SOURCES = ("sonata15t", "vision15t")
@@ -107,3 +115,43 @@ def validate(model: HarmonizationModel, subjects: list[TravelingSubject],
             row[f"{name}_psnr"], row[f"{name}_ssim"] = score(image, subj)
         rows.append(row)
     return rows
+
+
+class Validator:
+    """Scores the EMA network on validation traveling subjects, at most every ``every_s`` seconds.
+
+    Two rows per subject and checkpoint: the fixed settings the curve has used since step 1 (comparable over
+    the whole campaign) and the participant level's current T1w defaults.
+    """
+
+    FIXED_SETTINGS = HarmonizationSettings(start_time=0.5, steps=2, refinement="ncc", refine_step=0.02,
+                                           refine_step_rule="rms", refine_reference="source")
+
+    def __init__(self, run_dir: Path, quantiles: np.ndarray, every_s: float, subjects: list | None = None):
+        self.log = run_dir / "validation.tsv"
+        self.quantiles = quantiles
+        self.every_s = every_s
+        self.last = -float("inf")
+        self.subjects = traveling_subjects() if subjects is None else subjects
+        self.settings = [self.FIXED_SETTINGS, T1W]
+
+    def __call__(self, trainer: "Trainer") -> None:
+        if time.monotonic() - self.last < self.every_s:
+            return
+        self.last = time.monotonic()
+        model = HarmonizationModel(trainer.ema, trainer.config.parameterization, self.quantiles, {}, Path("ema"),
+                                   "", trainer.device)
+        for settings in self.settings:
+            rows = validate(model, self.subjects, settings)
+            new = not self.log.exists()
+            with open(self.log, "a") as f:
+                if new:
+                    f.write("\t".join(["step", "wall_s", "settings"] + list(rows[0])) + "\n")
+                for row in rows:
+                    values = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()]
+                    f.write("\t".join([str(trainer.step), f"{trainer.wall:.0f}", json.dumps(settings.to_dict()),
+                                        *values]) + "\n")
+            mean = {k: np.mean([r[k] for r in rows])
+                    for k in ("histmatch_ssim", "bhd_ssim", "histmatch_psnr", "bhd_psnr")}
+            print(f"\nvalidation step {trainer.step} {json.dumps(settings.to_dict())}: "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in mean.items()), file=sys.stderr)

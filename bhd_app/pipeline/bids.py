@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from .errors import BHDInputError
+from ..errors import BHDInputError
 
 if TYPE_CHECKING:
     from bids import BIDSLayout
@@ -79,6 +79,19 @@ class Job:
     def name(self) -> str:
         """The input file name without extension, e.g. ``sub-01_ses-1_run-01_T1w`` (for logs, work dirs)."""
         return self.path.name.split(".", 1)[0]
+
+    def to_json(self) -> str:
+        """The job as JSON text (for nipype node inputs); ``from_json`` reads it back."""
+        # pybids' run entity is an int that remembers its zero padding (run-01); JSON would drop it.
+        entities = {k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+                    for k, v in self.entities.items()}
+        return json.dumps({"subject": self.subject, "session": self.session, "suffix": self.suffix,
+                           "path": str(self.path), "entities": entities, "metadata": self.metadata}, default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Job":
+        d = json.loads(text)
+        return cls(d["subject"], d["session"], d["suffix"], Path(d["path"]), d["entities"], d["metadata"])
 
 
 class BIDSValidatorMissing(BHDInputError):
@@ -430,12 +443,20 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, allow_nan=False, default=_jsonable) + "\n"
 
 
-def write_sidecar(image_path: str | Path, fields: dict) -> Path:
-    """Write ``fields`` as the JSON sidecar of ``image_path`` (sorted keys, atomic); return its path."""
+def sidecar_path(image_path: str | Path) -> Path:
+    """The JSON sidecar of an image: ``x_T1w.nii.gz`` -> ``x_T1w.json``."""
     image_path = Path(image_path)
-    sidecar = image_path.with_name(image_path.name.split(".", 1)[0] + ".json")
-    _atomic_write_text(sidecar, _dumps(fields))
-    return sidecar
+    return image_path.with_name(image_path.name.split(".", 1)[0] + ".json")
+
+
+def write_sidecars(fields_by_image: dict[Path, dict]) -> list[Path]:
+    """The one sidecar writer: each image's ``fields`` as its JSON sidecar, all renamed into place at once.
+
+    Keys sorted, numpy values as numbers, NaN refused (JSON has none). Returns the sidecars' paths.
+    """
+    texts = {sidecar_path(image): _dumps(fields) for image, fields in fields_by_image.items()}
+    atomic_write_texts(texts)
+    return list(texts)
 
 
 def detect_container() -> dict | None:

@@ -3,8 +3,9 @@
 For every complete job of the derivatives, three versions of the image are compared: the
 preprocessed image (``before``), the harmonized image of the method that was run, and histogram
 matching computed here from the same preprocessed image and the model's target histogram (the
-one-line alternative every harmonization must beat). Images are grouped by scanner (the input
-sidecar's Manufacturer, ManufacturersModelName, MagneticFieldStrength and the contrast).
+one-line alternative every harmonization must beat). Images are grouped by scanner: the input's
+merged (inherited) sidecar metadata, Manufacturer, ManufacturersModelName and MagneticFieldStrength,
+and the contrast (T1w and T2w inputs are separate scanners).
 
 Measured per version (``site_effects``): tissue volumes from an Atropos segmentation and the
 scanner's effect on them (ANOVA, eta-squared); a cross-validated site classifier against chance;
@@ -29,9 +30,10 @@ import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
-from .bids import atomic_write_texts
-from .errors import BHDInputError
-from .templates import RESOLUTION_LABEL, TEMPLATE_SPACE
+from ..errors import BHDInputError
+from .bids import SUFFIXES, Job, atomic_write_texts, collect_jobs, load_layout, sidecar_path
+from .crashes import read_crashes
+from .derivatives import job_is_complete, output_paths
 
 PERCENTILES = (5, 25, 50, 75, 95)
 N_SAMPLES = 2001
@@ -44,58 +46,39 @@ def _scanner(meta: dict, suffix: str) -> str:
     return " ".join(p for p in parts if p)
 
 
-def _source_metadata(bids_dir: Path, sources: list[str]) -> tuple[dict, str]:
-    """The input sidecar of a job (from its ``bids:raw:`` source URI) and its contrast."""
-    rel = sources[0].split(":", 2)[-1]
-    path = bids_dir / rel
-    suffix = path.name.split("_")[-1].split(".")[0]
-    sidecar = path.with_name(path.name.replace(".nii.gz", ".json").replace(".nii", ".json"))
-    try:
-        return (json.loads(sidecar.read_text()) if sidecar.exists() else {}), suffix
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        LOGGER.warning("%s: cannot be read (%s); the scanner of this job is unknown; fix the file", sidecar, err)
-        return {}, suffix
+def collect_results(bids_dir: Path, out_dir: Path, database_dir: Path | None = None) -> list[dict]:
+    """One record per complete job of the derivatives (T1w and T2w inputs), in ``collect_jobs`` order.
 
-
-def collect_results(bids_dir: Path, out_dir: Path) -> list[dict]:
-    """One record per complete job: identity, scanner, its files and the brain intensities before and after.
-
-    A job whose derivatives cannot be read is left out with a one-line warning.
+    The jobs are the input dataset's (pybids, so the scanner comes from the merged, inherited
+    sidecar metadata); their files are found by the participant level's own names
+    (``derivatives.output_paths``). A job whose derivatives cannot be read is left out with a
+    one-line warning.
     """
+    layout = load_layout(bids_dir, database_dir=database_dir)
     records = []
-    pattern = f"*_space-{TEMPLATE_SPACE}_res-{RESOLUTION_LABEL}_desc-harmonized_T1w.json"
-    for side in sorted(out_dir.glob(f"sub-*/**/anat/{pattern}")):
+    for job in collect_jobs(layout, suffixes=SUFFIXES):
+        if not job_is_complete(out_dir, job):
+            continue
         try:
-            record = _job_record(bids_dir, side)
+            records.append(job_record(out_dir, job))
         except (OSError, ValueError, EOFError, zlib.error, ImageFileError) as err:
             LOGGER.warning("%s: the job's derivatives cannot be read (%s); skipped; re-run the participant level "
-                           "for it with --force", side, " ".join(str(err).split()))
-            continue
-        if record:
-            records.append(record)
+                           "for it with --force", job.name, " ".join(str(err).split()))
     return records
 
 
-def _job_record(bids_dir: Path, side: Path) -> dict | None:
-    """The record of the job whose harmonized sidecar is ``side`` (none if its files are incomplete)."""
-    info = json.loads(side.read_text())
-    harmonized = side.with_name(side.name.replace(".json", ".nii.gz"))
-    stem = side.name.split(f"_space-{TEMPLATE_SPACE}")[0]
-    anat = side.parent
-    mask_files = sorted(anat.glob(f"{stem}_space-{TEMPLATE_SPACE}_res-{RESOLUTION_LABEL}_desc-brain*_mask.nii.gz"))
-    preproc_files = sorted(anat.glob(f"{stem}_space-{TEMPLATE_SPACE}_res-{RESOLUTION_LABEL}_desc-preproc_*.nii.gz"))
-    if not (harmonized.exists() and mask_files and preproc_files):
-        return None
-    meta, suffix = _source_metadata(bids_dir, info.get("Sources", [""]))
-    mask = np.asarray(nib.load(mask_files[0]).dataobj) > 0
-    before = np.asarray(nib.load(preproc_files[0]).dataobj, dtype=np.float32)[mask]
-    after = np.asarray(nib.load(harmonized).dataobj, dtype=np.float32)[mask]
-    entities = dict(part.split("-", 1) for part in stem.split("_") if "-" in part)
-    return {"job": stem, "subject": entities.get("sub", ""), "session": entities.get("ses", ""),
-            "scanner": _scanner(meta, suffix), "suffix": suffix,
+def job_record(out_dir: Path, job: Job) -> dict:
+    """A complete job's record: identity, scanner, method, its files, the brain intensities before and after."""
+    paths = output_paths(out_dir, job)
+    info = json.loads(sidecar_path(paths["harmonized"]).read_text())
+    mask = np.asarray(nib.load(paths["mask"]).dataobj) > 0
+    before = np.asarray(nib.load(paths["preproc"]).dataobj, dtype=np.float32)[mask]
+    after = np.asarray(nib.load(paths["harmonized"]).dataobj, dtype=np.float32)[mask]
+    return {"job": job.name, "subject": job.subject, "session": job.session or "",
+            "scanner": _scanner(job.metadata, job.suffix), "suffix": job.suffix,
             "method": info.get("Harmonization", {}).get("method", ""),
             "model_sha256": info.get("Harmonization", {}).get("ModelSHA256"),
-            "files": {"preproc": preproc_files[0], "mask": mask_files[0], "harmonized": harmonized},
+            "files": {role: paths[role] for role in ("preproc", "mask", "harmonized")},
             "before": before, "after": after}
 
 
@@ -117,13 +100,7 @@ def site_separability(records: list[dict], key: str) -> float:
 
 def failed_jobs(out_dir: Path) -> list[str]:
     """Crash files left by participant runs (one per failed node or input check): what failed, the error."""
-    logs = out_dir / "logs"
-    failed = []
-    for crash in sorted(logs.glob("crash-*.txt")) if logs.exists() else []:
-        lines = [ln.strip() for ln in crash.read_text(errors="replace").splitlines() if ln.strip()]
-        what = lines[0].removeprefix("Node: ").removeprefix("bhd_participant_wf.") if lines else ""
-        failed.append(f"{what} {lines[-1] if len(lines) > 1 else ''} ({crash.name})")
-    return failed
+    return [f"{c.node} {c.last_line} ({c.path.name})" for c in read_crashes(Path(out_dir) / "logs")]
 
 
 def group_tsv(records: list[dict]) -> str:
@@ -169,7 +146,7 @@ def measure_images(records: list[dict], target_quantiles: np.ndarray) -> dict[st
 
     Each entry holds the image (D, H, W), the brain mask, the tissue labels, the volumes and the features.
     """
-    from .baselines import histogram_matching
+    from ..method.baselines import histogram_matching
     from .site_effects import image_features, segment, tissue_volumes
 
     names = conditions(records[0]["method"])
@@ -253,7 +230,7 @@ def tsv_text(rows: list[dict]) -> str:
 
 def _target_quantiles(records: list[dict], model_path: Path | None) -> np.ndarray:
     """The model's target histogram (for histogram matching); the model must be the one the jobs used."""
-    from .harmonize import load_model
+    from ..modelfile import load_model
 
     model = load_model(model_path, "cpu")
     used = {r["model_sha256"] for r in records if r["model_sha256"]}
@@ -263,13 +240,14 @@ def _target_quantiles(records: list[dict], model_path: Path | None) -> np.ndarra
     return model.target_quantiles
 
 
-def run_group_level(bids_dir: Path, out_dir: Path, model_path: Path | None = None) -> int:
-    """Gather the participant results into the group TSVs and HTML report."""
+def run_group_level(bids_dir: Path, out_dir: Path, model_path: Path | None = None,
+                    database_dir: Path | None = None) -> int:
+    """Gather the participant results into the group TSVs and HTML report (``database_dir``: pybids' index)."""
     from .reports import group_report_html
 
     if not out_dir.exists():
         raise BHDInputError(f"{out_dir}: no participant-level outputs; run the participant level first")
-    records = collect_results(Path(bids_dir), Path(out_dir))
+    records = collect_results(Path(bids_dir), Path(out_dir), database_dir)
     if not records:
         raise BHDInputError(f"{out_dir}: no complete participant results found; run the participant level first")
     before, after = site_separability(records, "before"), site_separability(records, "after")

@@ -88,8 +88,8 @@ def methods_text(settings_by_suffix: dict[str, dict], model_name: str | None, mo
 def write_methods(out_dir: Path, settings_by_suffix: dict[str, dict], model_path: Path | None,
                   model_sha256: str | None, brain_extraction: str) -> Path:
     """Write ``logs/CITATION.md`` in the derivatives (replacing an older one) and return its path."""
+    from ..config import default_model_path
     from .derivatives import software_versions
-    from .harmonize import default_model_path
 
     versions = software_versions()
     for pkg in ("deepbet", "scikit-learn"):

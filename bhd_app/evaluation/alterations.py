@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .intensity import normalize_percentile
+from ..method.intensity import normalize_percentile
 
 TISSUES = ("csf", "gm", "wm")
 

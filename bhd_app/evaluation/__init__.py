@@ -1,0 +1,1 @@
+"""Evaluation: simulated scanners and traveling subjects, known alterations, and image metrics."""

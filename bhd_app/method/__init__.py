@@ -1,0 +1,5 @@
+"""The BlindHarmonyDiff method on arrays: edge map, edge-to-image U-Net, rectified flow, refinement, baselines.
+
+Knows nothing of BIDS, NIfTI or files: every function takes and returns arrays on the
+harmonization grid (D, H, W).
+"""
