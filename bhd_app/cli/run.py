@@ -100,7 +100,7 @@ def run_participant(args) -> int:
     from ..bids import check_output_dir, collect_jobs, load_bids_filters, load_layout, write_dataset_description
     from ..derivatives import job_is_complete
     from ..harmonize import load_model, select_device
-    from ..progress import JobProgress
+    from ..progress import JobFirstMultiProcPlugin, JobProgress
     from ..workflows import init_participant_wf
 
     plugin_args = plugin_arguments(args.plugin_args)
@@ -155,7 +155,9 @@ def run_participant(args) -> int:
             plugin_args.setdefault("status_callback", progress)
         with temporary_dir_in(work_dir):
             try:
-                wf.run(plugin=plugin, plugin_args=plugin_args)
+                # Job by job, so that jobs complete one after another (and the time left is known early).
+                wf.run(plugin=JobFirstMultiProcPlugin(plugin_args=plugin_args) if plugin == "MultiProc" else plugin,
+                       plugin_args=plugin_args)
             except RuntimeError as err:
                 LOGGER.debug("nipype: %s", err)
             finally:
