@@ -18,7 +18,7 @@ from scipy import ndimage
 from bhd_app import site_effects
 from bhd_app.boilerplate import methods_text
 from bhd_app.cli.run import main
-from bhd_app.config import T1W
+from bhd_app.config import CONTRAST_CONVERSION, T1W
 from bhd_app.progress import JobProgress
 
 
@@ -210,7 +210,9 @@ def test_methods_text_names_the_settings_the_model_and_the_references():
     text = methods_text(settings, "bhd_default.pt", "ab" * 32, {"bhd": "0.1.0", "antspyx": "0.5.4", "nipype": "1.9"},
                         "auto")
     assert "ab" * 32 in text and "bhd_default.pt" in text and "4 averaged draws" in text and "uncertainty map" in text
-    assert "midpoint solver, 2 steps" in text and "N4" in text and "deepbet" in text
+    assert "euler solver, 1 step, starting at t0 = 0.9" in text and "N4" in text and "deepbet" in text
+    t2w = methods_text({"T2w": CONTRAST_CONVERSION.to_dict()}, "bhd_default.pt", "ab" * 32, {}, "auto")
+    assert "midpoint solver, 2 steps, from pure noise" in t2w
     for ref in ("Jeong H, Lee H, Chun SY, Lee J", "Avants", "Gorgolewski", "Yarkoni", "Fisch"):
         assert ref in text
 
