@@ -19,7 +19,7 @@ import pytest
 from scipy import ndimage
 
 from bhd_app.cli.run import main
-from bhd_app.config import T1W
+from bhd_app.config import CONTRAST_CONVERSION, T1W
 from bhd_app.pipeline import site_effects
 from bhd_app.pipeline.boilerplate import methods_text
 from bhd_app.pipeline.progress import JobProgress
@@ -189,12 +189,44 @@ def test_progress_callback_from_a_real_nipype_run(tmp_path):
         "sub-01_T1w: derivatives finished: job complete"]
 
 
+def test_multiproc_finishes_a_job_before_starting_the_next(tmp_path):
+    """With two jobs of three steps on one worker, nipype's MultiProc runs the steps breadth-first (every job's
+    first step, then every job's second...), so no job completes until the end and the time left cannot be
+    estimated; bhd's plugin runs each job to the end first, and the first job's completion gives an estimate."""
+    from nipype.interfaces.utility import Function
+    from nipype.pipeline import engine as pe
+
+    from bhd_app.pipeline.progress import JobFirstMultiProcPlugin
+
+    def step(x):
+        return x
+
+    outer = pe.Workflow("bhd_participant_wf", base_dir=str(tmp_path))
+    for name in ("sub_01_T1w", "sub_02_T1w"):
+        job = pe.Workflow(name)
+        nodes = [pe.Node(Function(["x"], ["x"], step), name=n) for n in ("preprocess", "harmonize", "derivatives")]
+        nodes[0].inputs.x = 1
+        job.connect(nodes[0], "x", nodes[1], "x")
+        job.connect(nodes[1], "x", nodes[2], "x")
+        outer.add_nodes([job])
+    stream = io.StringIO()
+    progress = JobProgress(["sub-01_T1w", "sub-02_T1w"], stream=stream, bar=False)
+    outer.run(plugin=JobFirstMultiProcPlugin(plugin_args={"n_procs": 1, "status_callback": progress}))
+    lines = [ln.split("] ", 1)[1] for ln in stream.getvalue().splitlines()]
+    first_done = next(i for i, ln in enumerate(lines) if "job complete" in ln)
+    assert lines[first_done].startswith("sub-01_T1w: derivatives finished: job complete (1/2 jobs done, about")
+    assert not any(ln.startswith("sub-02_T1w") for ln in lines[:first_done])
+    assert len(lines) == 8 and "(2/2 jobs done, about 0:00:00 left)" in lines[-1]
+
+
 def test_methods_text_names_the_settings_the_model_and_the_references():
     settings = {"T1w": T1W.to_dict() | {"samples": 4}}
     text = methods_text(settings, "bhd_default.pt", "ab" * 32, {"bhd": "0.1.0", "antspyx": "0.5.4", "nipype": "1.9"},
                         "auto")
     assert "ab" * 32 in text and "bhd_default.pt" in text and "4 averaged draws" in text and "uncertainty map" in text
-    assert "midpoint solver, 2 steps" in text and "N4" in text and "deepbet" in text
+    assert "euler solver, 1 step, starting at t0 = 0.9" in text and "N4" in text and "deepbet" in text
+    t2w = methods_text({"T2w": CONTRAST_CONVERSION.to_dict()}, "bhd_default.pt", "ab" * 32, {}, "auto")
+    assert "midpoint solver, 2 steps, from pure noise" in t2w
     for ref in ("Jeong H, Lee H, Chun SY, Lee J", "Avants", "Gorgolewski", "Yarkoni", "Fisch"):
         assert ref in text
 

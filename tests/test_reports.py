@@ -85,3 +85,49 @@ def test_group_report_in_chromium(reports, tmp_path):
     saturation = shot.max(axis=2) - shot.min(axis=2)
     assert (shot.mean(axis=2) < 0.9).mean() > 0.01  # text, axes, lines
     assert (saturation > 0.3).mean() > 0.001  # the coloured histograms and markers
+
+
+def test_group_figure_legends_cover_no_bar(monkeypatch):
+    """The legends of the group figures sit clear of the bars (on the example dataset the eta-squared and SSIM
+    bars reach 0.99 and the legend hid them). The tables are the demo's group TSV numbers, rounded."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    from bhd_app import reports as R
+
+    conditions = ["before", "bhd", "histmatch"]
+    eta2 = {"before": (0.954, 0.940, 0.949), "bhd": (0.919, 0.936, 0.944), "histmatch": (0.991, 0.933, 0.992)}
+    ssim = {"before": (0.910, 0.887, 0.814, 0.954, 0.983, 0.957, 0.922),
+            "bhd": (0.926, 0.896, 0.838, 0.970, 0.989, 0.972, 0.936),
+            "histmatch": (0.930, 0.890, 0.874, 0.969, 0.972, 0.974, 0.944)}
+    pairs = [("01", "sonata", "trio"), ("01", "sonata", "vision"), ("01", "trio", "vision"), ("02", "biograph", "trio"),
+             ("02", "biograph", "vida"), ("02", "trio", "vida"), ("03", "sonata", "trio")]
+    tables = {
+        "site_effects": [{"condition": c, "tissue": t, "eta2": eta2[c][k]} for c in conditions
+                         for k, t in enumerate(("CSF", "GM", "WM"))],
+        "classifier": [{"condition": c, "accuracy": a, "chance": 0.375} for c, a in zip(conditions, (0.625, 0.5, 0.5))],
+        "scanner_means": [],
+        "traveling": [{"subject": s, "job_a": f"sub-{s}_ses-{a}", "job_b": f"sub-{s}_ses-{b}", "condition": c,
+                       "ssim": ssim[c][k], "abs_dGM_mL": 10.0 * k} for c in conditions for k, (s, a, b) in enumerate(pairs)],
+        "age": [{"condition": c, "tissue": t, "r": r} for c in conditions for t, r in zip(("CSF", "GM", "WM"), (0.5, 0.6, -0.6))],
+    }
+    figures = []
+    monkeypatch.setattr(R, "figure_to_data_uri", lambda fig: figures.append(fig) or "data:")
+    R._downstream_figures(tables, conditions)
+    assert len(figures) == 3
+    checked = 0
+    for fig in figures:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            legend = ax.get_legend()
+            if legend is None:
+                continue
+            box = legend.get_window_extent(renderer)
+            bars = [p for p in ax.patches if isinstance(p, Rectangle)]
+            assert bars
+            for bar in bars:
+                assert not box.overlaps(bar.get_window_extent(renderer)), (ax.get_ylabel(), bar.get_height())
+            checked += 1
+        plt.close(fig)
+    assert checked == 4  # eta-squared, classifier, SSIM, age

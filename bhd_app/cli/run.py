@@ -103,7 +103,7 @@ def run_participant(args) -> int:
     from ..pipeline.boilerplate import write_methods
     from ..pipeline.crashes import read_crashes
     from ..pipeline.derivatives import job_is_complete
-    from ..pipeline.progress import JobProgress
+    from ..pipeline.progress import JobFirstMultiProcPlugin, JobProgress
     from ..pipeline.workflows import init_participant_wf
 
     plugin_args = plugin_arguments(args.plugin_args)
@@ -158,7 +158,9 @@ def run_participant(args) -> int:
             plugin_args.setdefault("status_callback", progress)
         with temporary_dir_in(work_dir):
             try:
-                wf.run(plugin=plugin, plugin_args=plugin_args)
+                # Job by job, so that jobs complete one after another (and the time left is known early).
+                wf.run(plugin=JobFirstMultiProcPlugin(plugin_args=plugin_args) if plugin == "MultiProc" else plugin,
+                       plugin_args=plugin_args)
             except RuntimeError as err:
                 LOGGER.debug("nipype: %s", err)
             finally:

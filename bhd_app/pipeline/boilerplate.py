@@ -51,7 +51,7 @@ def methods_text(settings_by_suffix: dict[str, dict], model_name: str | None, mo
             parts.append(
                 f"{suffix} images were then {what} with BlindHarmonyDiff [bhd]: the 3D Canny edge map of the image "
                 f"conditioned a rectified-flow edge-to-image model integrated over the whole volume "
-                f"({s['solver']} solver, {s['steps']} steps, "
+                f"({s['solver']} solver, {s['steps']} step{'s' if s['steps'] != 1 else ''}, "
                 + ("from pure noise" if s["start_time"] == 0 else
                    f"starting at t0 = {s['start_time']:g} from the noised "
                    f"{'histogram-matched source' if s['start_from'] == 'histmatch' else 'source'}")

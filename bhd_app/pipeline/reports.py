@@ -102,6 +102,14 @@ def _grouped_bars(ax, rows: list[dict], group_key: str, value_key: str, conditio
     ax.set_xticks(range(len(groups)), groups, fontsize=8)
 
 
+def _legend_above(ax) -> None:
+    """The legend in one row above the axes, where no bar can hide under it (bars reach 1 on the eta-squared
+    and SSIM plots)."""
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles, labels, fontsize=7, ncol=len(labels), loc="lower left", bbox_to_anchor=(0, 1.01),
+              frameon=False, borderaxespad=0)
+
+
 def _downstream_figures(tables: dict[str, list[dict]], conditions: list[str]) -> list[tuple[str, str]]:
     """(title, data URI) of the site-effect, classifier, traveling-subject and age figures that have data."""
     figures = []
@@ -109,7 +117,7 @@ def _downstream_figures(tables: dict[str, list[dict]], conditions: list[str]) ->
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.2))
         _grouped_bars(axes[0], tables["site_effects"], "tissue", "eta2", conditions)
         axes[0].set_ylabel("eta-squared of scanner")
-        axes[0].legend(fontsize=8)
+        _legend_above(axes[0])
         rows = tables["classifier"]
         axes[1].bar(range(len(rows)), [r["accuracy"] for r in rows], color=[_color(r["condition"]) for r in rows])
         axes[1].set_xticks(range(len(rows)), [r["condition"] for r in rows], fontsize=8)
@@ -117,7 +125,7 @@ def _downstream_figures(tables: dict[str, list[dict]], conditions: list[str]) ->
         axes[1].axhline(chance, color="k", ls="--", lw=1, label=f"chance {chance:.2f}")
         axes[1].set_ylim(0, 1)
         axes[1].set_ylabel("site classifier accuracy")
-        axes[1].legend(fontsize=8)
+        _legend_above(axes[1])
         figures.append(("Scanner effect on tissue volumes (left) and site classifier accuracy (right): lower is "
                         "better", figure_to_data_uri(fig)))
     if tables["scanner_means"]:
@@ -141,7 +149,7 @@ def _downstream_figures(tables: dict[str, list[dict]], conditions: list[str]) ->
             _grouped_bars(ax, rows, "pair", key, conditions)
             ax.set_ylabel(label)
             ax.tick_params(axis="x", labelrotation=30, labelsize=6)
-        axes[0].legend(fontsize=7)
+        _legend_above(axes[0])
         figures.append(("Traveling subjects: agreement of the same subject's sessions on two scanners (SSIM after "
                         "rigid registration: higher is better; volume difference: lower is better)",
                         figure_to_data_uri(fig)))
@@ -150,7 +158,7 @@ def _downstream_figures(tables: dict[str, list[dict]], conditions: list[str]) ->
         _grouped_bars(ax, tables["age"], "tissue", "r", conditions)
         ax.axhline(0, color="k", lw=0.8)
         ax.set_ylabel("Pearson r with age")
-        ax.legend(fontsize=7)
+        _legend_above(ax)
         figures.append(("Biology kept: correlation of tissue volumes with age (should not shrink towards 0)",
                         figure_to_data_uri(fig)))
     return figures
