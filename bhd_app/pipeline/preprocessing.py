@@ -107,6 +107,10 @@ def load_anatomical(path: str | os.PathLike) -> nib.Nifti1Image:
     if not path.is_file():
         raise BHDInputError(f"{path}: file not found; check the path")
     try:
+        path.open("rb").close()
+    except OSError as exc:  # nibabel reports an unreadable file as "Could not read file"
+        raise BHDInputError(f"{path}: cannot be opened ({exc.strerror}); check its permissions") from exc
+    try:
         img = nib.load(path)
         data = np.asarray(img.dataobj, dtype=np.float32)  # reads every byte: a truncated file fails here
         affine = np.asarray(img.affine, dtype=float)
