@@ -343,3 +343,18 @@ def test_valid_odd_inputs_are_harmonized(examples, tmp_path, capsys):
         assert (anat / f"sub-02_ses-vida_run-{run}_desc-brain_mask.nii.gz").is_file()
     assert main([str(ds), str(out), "group"]) == 0
     assert len((out / "group_bhd.tsv").read_text().splitlines()) == 3
+
+
+def test_participant_level_output_disk_fills_during_the_job(ds, tmp_path, capsys):
+    """The output disk has room for the write probe and the logs but not for the job's images: the job fails in
+    one line naming the disk's problem, and no derivative is left, whole or half-written."""
+    full = tmp_path / "full"
+    full.mkdir()
+    with _mounted(full, "-t", "tmpfs", "-o", "size=2m", "tmpfs"):
+        out = full / "out"
+        code = main([str(ds), str(out), "participant", "-w", str(tmp_path / "w"), "--skip-bids-validation"])
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        failed = [ln for ln in err if "FAILED" in ln or "error:" in ln]
+        assert code == 1 and len(failed) == 1 and "No space left on device" in failed[0], err
+        assert not any("Traceback" in ln for ln in err)
+        assert not list(out.glob("sub-*/**/*.nii.gz")) and not list(out.rglob("*.tmp"))

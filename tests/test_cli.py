@@ -138,6 +138,9 @@ def test_participant_level_end_to_end(participant_run):
     assert side["Harmonization"]["samples"] == config.T1W.samples
     assert side["Harmonization"]["solver"] == config.T1W.solver and "method_ode" not in side["Harmonization"]
     assert (anat / f"{stem}_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.mat").exists()
+    for name in (f"{stem}_desc-harmonized_T1w.json", f"{stem}_desc-brain_mask.json"):  # on the input's own grid
+        native_side = json.loads((anat / name).read_text())
+        assert native_side["SpatialReference"] == f"bids:raw:sub-02/ses-vida/anat/{stem}_T1w.nii.gz", name
     report = (out / f"{stem}_T1w.html").read_text()
     assert report.count("data:image/png;base64,") >= 5 and "http" not in report.replace("http-equiv", "")
     mtime = (anat / f"{stem}_{grid}_desc-harmonized_T1w.nii.gz").stat().st_mtime

@@ -135,10 +135,10 @@ def write_job_derivatives(job: Job, out_dir: Path, bids_dir: Path, settings: dic
         "harmonized": {**grid_fields, **common, "Sources": [source],
                        "Description": f"{job.suffix} harmonized to the target domain of the model (T1w contrast)",
                        "Harmonization": recorded},
-        "native": {**common, "SkullStripped": True, "Sources": [source],
+        "native": {**common, "SkullStripped": True, "Sources": [source], "SpatialReference": source,
                    "Description": "Harmonized image resampled back onto the input's native grid",
                    "Harmonization": recorded},
-        "native_mask": {**common, "Sources": [source], "Type": "Brain",
+        "native_mask": {**common, "Sources": [source], "SpatialReference": source, "Type": "Brain",
                         "Description": "Brain mask on the input's native grid (the brain extraction of bhd "
                                        "preprocessing)"},
     }
@@ -154,12 +154,17 @@ def write_job_derivatives(job: Job, out_dir: Path, bids_dir: Path, settings: dic
                      files.get("uncertainty", ""))
     images = [r for r in paths if r != "report"]
     staged = []
-    for role in images:
-        final = paths[role]
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.name}.tmp")
-        shutil.copyfile(files[role], tmp)
-        staged.append((tmp, final))
+    try:
+        for role in images:
+            final = paths[role]
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = final.with_name(f".{final.name}.tmp")
+            staged.append((tmp, final))
+            shutil.copyfile(files[role], tmp)
+    except OSError:  # a full or read-only disk: no half-written image stays behind
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
     for tmp, final in staged:
         os.replace(tmp, final)
     atomic_write_texts({paths["report"]: report})
