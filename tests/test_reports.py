@@ -93,7 +93,7 @@ def test_group_figure_legends_cover_no_bar(monkeypatch):
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    from bhd_app import reports as R
+    from bhd_app.pipeline import reports as R
 
     conditions = ["before", "bhd", "histmatch"]
     eta2 = {"before": (0.954, 0.940, 0.949), "bhd": (0.919, 0.936, 0.944), "histmatch": (0.991, 0.933, 0.992)}

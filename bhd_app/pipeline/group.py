@@ -70,7 +70,11 @@ def collect_results(bids_dir: Path, out_dir: Path, database_dir: Path | None = N
 def job_record(out_dir: Path, job: Job) -> dict:
     """A complete job's record: identity, scanner, method, its files, the brain intensities before and after."""
     paths = output_paths(out_dir, job)
-    info = json.loads(sidecar_path(paths["harmonized"]).read_text())
+    side = sidecar_path(paths["harmonized"])
+    try:
+        info = json.loads(side.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{side}: invalid JSON ({err.msg})") from None
     mask = np.asarray(nib.load(paths["mask"]).dataobj) > 0
     before = np.asarray(nib.load(paths["preproc"]).dataobj, dtype=np.float32)[mask]
     after = np.asarray(nib.load(paths["harmonized"]).dataobj, dtype=np.float32)[mask]
