@@ -10,6 +10,7 @@ first row's (fixed) settings, and rows at other settings (the participant defaul
 from __future__ import annotations
 
 import csv
+import argparse
 import sys
 from pathlib import Path
 
@@ -68,5 +69,10 @@ def main(run_dir: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    run = Path(sys.argv[1])
-    main(run, Path(sys.argv[2]) if len(sys.argv) > 2 else run / "training_curve.png")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path, help="a bhd-train run folder (loss.tsv, validation.tsv)")
+    parser.add_argument("out", type=Path, nargs="?", help="the figure (default RUN_DIR/training_curve.png)")
+    args = parser.parse_args()
+    if not (args.run_dir / "loss.tsv").is_file():
+        sys.exit(f"plot_training: {args.run_dir / 'loss.tsv'} not found; pass a bhd-train run folder")
+    main(args.run_dir, args.out or args.run_dir / "training_curve.png")
