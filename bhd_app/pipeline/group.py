@@ -23,6 +23,8 @@ import io
 import itertools
 import json
 import logging
+import os
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -244,6 +246,18 @@ def _target_quantiles(records: list[dict], model_path: Path | None) -> np.ndarra
     return model.target_quantiles
 
 
+def _check_writable(out_dir: Path) -> None:
+    """BHDInputError unless a byte can be written in ``out_dir`` (a read-only or full disk fails here)."""
+    try:
+        with tempfile.TemporaryFile(dir=out_dir) as probe:
+            probe.write(b"\0")
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as err:
+        raise BHDInputError(f"{out_dir}: cannot write the group outputs ({err.strerror or err}); make the "
+                            "output folder writable (and not full) and run the group level again") from None
+
+
 def run_group_level(bids_dir: Path, out_dir: Path, model_path: Path | None = None,
                     database_dir: Path | None = None) -> int:
     """Gather the participant results into the group TSVs and HTML report (``database_dir``: pybids' index)."""
@@ -254,6 +268,7 @@ def run_group_level(bids_dir: Path, out_dir: Path, model_path: Path | None = Non
     records = collect_results(Path(bids_dir), Path(out_dir), database_dir)
     if not records:
         raise BHDInputError(f"{out_dir}: no complete participant results found; run the participant level first")
+    _check_writable(out_dir)  # before the minutes of segmentation and registration, not after them
     before, after = site_separability(records, "before"), site_separability(records, "after")
     measured = measure_images(records, _target_quantiles(records, model_path))
     tables = downstream_tables(records, measured, read_participants(Path(bids_dir)))
@@ -262,7 +277,7 @@ def run_group_level(bids_dir: Path, out_dir: Path, model_path: Path | None = Non
     texts |= {out_dir / f"group_{name}.tsv": tsv_text(rows) for name, rows in tables.items()}
     try:
         atomic_write_texts(texts)
-    except OSError as err:
+    except OSError as err:  # the disk filled up or became read-only while the group level ran
         raise BHDInputError(f"{out_dir}: cannot write the group outputs ({err.strerror or err}); make the "
                             "output folder writable (and not full) and run the group level again") from None
     scanners = len({r["scanner"] for r in records})
