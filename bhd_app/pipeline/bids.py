@@ -533,6 +533,15 @@ The group level adds `group_bhd.tsv` and `group_report.html`.
 """
 
 
+def probe_writable(folder: Path) -> None:
+    """Write one byte to a temporary file in ``folder`` and sync it: OSError on a read-only or full disk (a real
+    write, not permission bits, which root ignores)."""
+    with tempfile.TemporaryFile(dir=folder) as probe:
+        probe.write(b"\0")
+        probe.flush()
+        os.fsync(probe.fileno())
+
+
 def check_output_dir(bids_dir: str | Path, out_dir: str | Path, work_dir: str | Path | None = None) -> None:
     """BHDInputError unless the output (and work) directories are usable; creates them.
 
@@ -555,8 +564,7 @@ def check_output_dir(bids_dir: str | Path, out_dir: str | Path, work_dir: str | 
     for path, given, what in dirs:
         try:
             path.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=path):
-                pass
+            probe_writable(path)
         except OSError as err:
             raise BHDInputError(f"{given}: cannot write to the {what} directory ({err.strerror or err}); "
                                 "choose a writable folder") from None

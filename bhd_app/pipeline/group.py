@@ -23,8 +23,6 @@ import io
 import itertools
 import json
 import logging
-import os
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -33,7 +31,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
 from ..errors import BHDInputError
-from .bids import SUFFIXES, Job, atomic_write_texts, collect_jobs, load_layout, sidecar_path
+from .bids import SUFFIXES, Job, atomic_write_texts, collect_jobs, load_layout, probe_writable, sidecar_path
 from .crashes import read_crashes
 from .derivatives import job_is_complete, output_paths
 
@@ -246,18 +244,6 @@ def _target_quantiles(records: list[dict], model_path: Path | None) -> np.ndarra
     return model.target_quantiles
 
 
-def _check_writable(out_dir: Path) -> None:
-    """BHDInputError unless a byte can be written in ``out_dir`` (a read-only or full disk fails here)."""
-    try:
-        with tempfile.TemporaryFile(dir=out_dir) as probe:
-            probe.write(b"\0")
-            probe.flush()
-            os.fsync(probe.fileno())
-    except OSError as err:
-        raise BHDInputError(f"{out_dir}: cannot write the group outputs ({err.strerror or err}); make the "
-                            "output folder writable (and not full) and run the group level again") from None
-
-
 def run_group_level(bids_dir: Path, out_dir: Path, model_path: Path | None = None,
                     database_dir: Path | None = None) -> int:
     """Gather the participant results into the group TSVs and HTML report (``database_dir``: pybids' index)."""
@@ -268,7 +254,11 @@ def run_group_level(bids_dir: Path, out_dir: Path, model_path: Path | None = Non
     records = collect_results(Path(bids_dir), Path(out_dir), database_dir)
     if not records:
         raise BHDInputError(f"{out_dir}: no complete participant results found; run the participant level first")
-    _check_writable(out_dir)  # before the minutes of segmentation and registration, not after them
+    try:  # before the minutes of segmentation and registration, not after them
+        probe_writable(out_dir)
+    except OSError as err:
+        raise BHDInputError(f"{out_dir}: cannot write the group outputs ({err.strerror or err}); make the "
+                            "output folder writable (and not full) and run the group level again") from None
     before, after = site_separability(records, "before"), site_separability(records, "after")
     measured = measure_images(records, _target_quantiles(records, model_path))
     tables = downstream_tables(records, measured, read_participants(Path(bids_dir)))
