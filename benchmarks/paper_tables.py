@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bids_examples"))
 import make_examples  # noqa: E402
 
-from bhd_app.config import T1W  # noqa: E402
+from bhd_app.config import T1W, shipped_model_path  # noqa: E402
 from bhd_app.evaluation.metrics import fidelity, lesion_contrast  # noqa: E402
 from bhd_app.evaluation.simulation import PROTOCOLS, make_anatomy  # noqa: E402
 from bhd_app.method.baselines import histogram_matching, random_edges, spectrum_swapping  # noqa: E402
@@ -73,9 +73,9 @@ def write_dataset(ds: Path, seeds: list[int], sources: tuple[str, ...]) -> dict[
     return {k: v[0] for k, v in subjects.items()}
 
 
-def run_app(ds: Path, out: Path, work: Path, method: str, nprocs: int) -> float:
+def run_app(ds: Path, out: Path, work: Path, method: str, nprocs: int, model: Path) -> float:
     cmd = ["bhd-app", str(ds), str(out), "participant", "--method", method, "--contrasts", "T1w", "T2w",
-           "-w", str(work), "--nprocs", str(nprocs), "--skip-bids-validation"]
+           "-w", str(work), "--nprocs", str(nprocs), "--skip-bids-validation", "--model", str(model)]
     start = time.monotonic()
     subprocess.run(cmd, check=True)
     return time.monotonic() - start
@@ -126,7 +126,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[2001, 2002])
     p.add_argument("--quick", action="store_true", help="one subject, sources " + " ".join(QUICK_SOURCES))
     p.add_argument("--nprocs", type=int, default=1)
-    p.add_argument("--model", default=None, help="model file (default: the shipped one)")
+    p.add_argument("--model", type=Path, default=shipped_model_path("simulated-trio"),
+                   help="model file (default: the shipped simulated-trio model, whose target is this simulator's)")
     p.add_argument("--rescore-bhd", action="store_true",
                    help="after a new model: redo the bhd run and its rows, keep the other rows of results.json")
     args = p.parse_args()
@@ -146,7 +147,7 @@ def main() -> None:
         kept = {(r["seed"], r["protocol"], r["method"]): r for r in previous
                 if r["method"] in METHODS and r["method"] != "bhd"}
     for method in METHODS:  # bhd last: its edge-to-image output stays in the work folder for the ablations
-        timings[method] = round(run_app(ds, root / f"out-{method}", work, method, args.nprocs), 1)
+        timings[method] = round(run_app(ds, root / f"out-{method}", work, method, args.nprocs, args.model), 1)
         print(f"{method}: {timings[method]} s", flush=True)
     model = load_model(args.model)
     defaults = T1W
@@ -180,15 +181,18 @@ def main() -> None:
             job = f"sub_{sub}_ses_{ses}_{suffix}".replace("-", "_")
             generated = nib.load(one(work / "bhd_participant_wf" / job / "harmonize", "generated.nii.gz")).get_fdata()
             start = histogram_matching(source, brain, model.target_quantiles)
-            if suffix == "T1w":  # the participant level's refinement step and reference
-                step = defaults.refine_step
+            if suffix == "T1w":  # the participant level's refinement (step, iterations, region) and reference
                 reference = start if defaults.refine_reference == "histmatch" else source
-                images["bhd refinement MI"] = refine(generated.astype(np.float32), reference, brain, "mi", step)[0]
+
+                def refined(image: np.ndarray, objective: str = "ncc") -> np.ndarray:
+                    return refine(image.astype(np.float32), reference, brain, objective, defaults.refine_step,
+                                  defaults.refine_iterations, defaults.refine_region, defaults.refine_step_rule)[0]
+
+                images["bhd refinement MI"] = refined(generated, "mi")
                 images["bhd no refinement"] = generated
-                images["no model: histogram-matched start + NCC to the source"] = refine(start, source, brain, "ncc",
-                                                                                          step)[0]
+                images["no model: histogram matching + the same refinement"] = refined(start)
                 average = spectrum_swapping(np.zeros_like(source), brain, model.ssimh_spectrum())
-                images["no model: target average + NCC"] = refine(average, reference, brain, "ncc", step)[0]
+                images["no model: target average + the same refinement"] = refined(average)
                 images["unconditional (random edges)"] = harmonize(
                     model, source, brain, defaults, edge_map=random_edges(source, brain, seed))["harmonized"]
             for method, image in images.items():
