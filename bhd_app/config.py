@@ -103,7 +103,9 @@ class TrainingSettings:
     The options carry the field names (``--patch-size`` is ``patch_size``), except ``--lr``
     (``learning_rate``) and ``--width`` (the U-Net's base width). ``multi_stride_fraction`` of the
     patches are multi-stride patches; ``late_time_fraction`` of the training times are drawn from
-    U(0.5, 1) instead of U(0, 1). The defaults are a CPU recipe; ``PAPER_TRAINING`` is the paper's
+    U(0.5, 1) instead of U(0, 1); ``altered_start_fraction`` of the patches start from a copy with
+    random scanner-like changes, at t ~ U(``altered_start_times``) (``training.scanner_changes``;
+    image parameterization). The defaults are a CPU recipe; ``PAPER_TRAINING`` is the paper's
     configuration (section 4.2), for a GPU.
     """
 
@@ -115,6 +117,8 @@ class TrainingSettings:
     multi_stride_fraction: float = 0.2
     parameterization: str = "image"
     late_time_fraction: float = 0.0
+    altered_start_fraction: float = 0.0
+    altered_start_times: tuple[float, float] = (0.8, 0.95)
     ema_decay: float = 0.999
     seed: int = 0
     checkpoint_every_s: float = 300.0

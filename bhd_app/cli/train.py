@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--late-time-fraction", type=float, default=d.late_time_fraction,
                    help=f"share of training times drawn from U(0.5, 1) instead of U(0, 1) "
                         f"(paper: {paper.late_time_fraction:g})")
+    p.add_argument("--altered-start-fraction", type=float, default=d.altered_start_fraction,
+                   help="share of patches whose path starts from a copy with random scanner-like changes, "
+                        "histogram-matched back, at t ~ U(%g, %g), as the T1w sampler's start is the source "
+                        "(image parameterization; paper: 0)" % d.altered_start_times)
     p.add_argument("--parameterization", choices=PARAMETERIZATIONS, default=d.parameterization,
                    help=f"what the network predicts (paper: {paper.parameterization})")
     p.add_argument("--steps", type=int, default=d.steps, help="total steps (resume counts those done)")
@@ -87,7 +91,7 @@ def training_settings(args: argparse.Namespace) -> TrainingSettings:
     return replace(TRAINING, width=args.width, patch_size=args.patch_size, batch_size=args.batch_size,
                    learning_rate=args.lr, steps=args.steps, multi_stride_fraction=args.multi_stride_fraction,
                    parameterization=args.parameterization, late_time_fraction=args.late_time_fraction,
-                   seed=args.seed, checkpoint_every_s=args.checkpoint_minutes * 60)
+                   altered_start_fraction=args.altered_start_fraction, seed=args.seed, checkpoint_every_s=args.checkpoint_minutes * 60)
 
 
 def load_or_make_data(args) -> tuple[list, list, list, dict]:
@@ -128,6 +132,9 @@ def main(argv=None) -> int:
         if args.batch_size % dist.world_size:
             raise BHDInputError(f"--batch-size {args.batch_size} is the global batch: it must be a multiple of "
                                 f"the {dist.world_size} torchrun processes")
+        if args.altered_start_fraction > 0 and args.parameterization != "image":
+            raise BHDInputError("--altered-start-fraction needs --parameterization image (the loss asks for the "
+                                "unchanged image)")
         device = select_device(args.device)
     except BHDInputError as err:
         print(f"bhd-train: error: {err}", file=sys.stderr)

@@ -70,16 +70,21 @@ def training_noise(shape: tuple[int, ...], late_fraction: float = 0.0, generator
 
 def rectified_flow_loss(net: nn.Module, x1: torch.Tensor, cond: torch.Tensor, parameterization: str = "velocity",
                         generator: torch.Generator | None = None, late_fraction: float = 0.0,
-                        noise: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                        noise: tuple[torch.Tensor, torch.Tensor] | None = None,
+                        start: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 6 on a batch: x1 (B, 1, D, H, W) in flow space, cond (B, 4, D, H, W).
 
     ``noise`` = (x0, t) given by the caller, else drawn by ``training_noise`` from ``generator``.
+    ``start`` (image parameterization only) replaces x1 in x_t = t * start + (1 - t) * x0 while the
+    loss still asks for x1: the sampler's start from a changed image (``training.scanner_changes``).
     """
     x0, t = noise if noise is not None else training_noise(x1.shape, late_fraction, generator, x1.device, x1.dtype)
     tb = t[:, None, None, None, None]
-    x_t = tb * x1 + (1 - tb) * x0
+    x_t = tb * (x1 if start is None else start) + (1 - tb) * x0
     out = net(torch.cat([x_t, cond], dim=1), t)
     if parameterization == "velocity":
+        if start is not None:
+            raise ValueError("a changed start needs the image parameterization")
         return ((out - (x1 - x0)) ** 2).mean()
     if parameterization == "image":
         return ((out - x1) ** 2).mean()

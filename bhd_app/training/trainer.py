@@ -31,6 +31,7 @@ from tqdm import tqdm
 from ..config import TRAINING, TrainingSettings
 from ..method.flow import rectified_flow_loss, training_noise
 from ..method.model import EdgeToImageUNet, UNetConfig
+from . import scanner_changes
 from .patches import PatchSampler
 
 
@@ -48,6 +49,8 @@ class TrainConfig:
     multi_stride_fraction: float = TRAINING.multi_stride_fraction
     parameterization: str = TRAINING.parameterization
     late_time_fraction: float = TRAINING.late_time_fraction  # share of t ~ U(0.5, 1) (flow.training_times)
+    altered_start_fraction: float = TRAINING.altered_start_fraction  # share starting from a changed copy
+    altered_start_times: tuple[float, float] = TRAINING.altered_start_times
     ema_decay: float = TRAINING.ema_decay
     seed: int = TRAINING.seed
     checkpoint_every_s: float = TRAINING.checkpoint_every_s
@@ -260,9 +263,15 @@ class Trainer:
                 self.warmup_until = 0
             x0, t = training_noise((self.config.batch_size, *x1.shape[1:]), self.config.late_time_fraction,
                                    self.generator, self.device, x1.dtype)
+            changed_start = None
+            if self.config.altered_start_fraction > 0:
+                changes = scanner_changes.draw(x0.shape, self.config.altered_start_fraction,
+                                               tuple(self.config.altered_start_times), self.generator, self.device)
+                t = torch.where(changes.chosen, changes.times.to(t.dtype), t)
+                changed_start = scanner_changes.apply(x1, changes.part(self.part))
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.mixed_precision):
                 loss = rectified_flow_loss(self.model, x1, cond, self.config.parameterization,
-                                           noise=(x0[self.part], t[self.part]))
+                                           noise=(x0[self.part], t[self.part]), start=changed_start)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()  # DistributedDataParallel averages the gradients over the ranks here
             self.optimizer.step()
