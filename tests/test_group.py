@@ -22,6 +22,7 @@ from bhd_app.cli.run import main
 from bhd_app.config import CONTRAST_CONVERSION, T1W
 from bhd_app.pipeline import site_effects
 from bhd_app.pipeline.boilerplate import methods_text
+from bhd_app.pipeline.group import classifier_line
 from bhd_app.pipeline.progress import JobProgress
 
 
@@ -335,6 +336,16 @@ def test_group_records_skip_a_job_without_its_completion_marker(small_subject, s
 
 def _record(scanner: str, values: np.ndarray) -> dict:
     return {"scanner": scanner, "before": values, "after": np.clip(values, 0.4, 0.6)}
+
+
+def test_classifier_line_says_why_the_classifier_did_not_run():
+    """One scanner (a single-site study): no 'accuracy nan (chance 1.00)', but what the classifier needs."""
+    one_scanner = site_effects.site_classifier(np.zeros((4, 2)), ["a"] * 4) | {"condition": "before"}
+    line = classifier_line(one_scanner)
+    assert "nan" not in line and "not run (4 image(s), 1 scanner(s)" in line
+    rng = np.random.default_rng(0)
+    two = site_effects.site_classifier(rng.normal(0, 1, (6, 2)), ["a", "b"] * 3, permutations=5)
+    assert classifier_line(two | {"condition": "after"}).startswith("site classifier on after: accuracy ")
 
 
 def test_site_separability_is_the_mean_pairwise_w1_between_scanners():

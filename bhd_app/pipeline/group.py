@@ -276,6 +276,13 @@ def run_group_level(bids_dir: Path, out_dir: Path, model_path: Path | None = Non
     print(f"bhd group: {len(records)} jobs, {scanners} scanner(s), {len(traveling_pairs(records))} traveling "
           f"pair(s); {summary}")
     for row in tables["classifier"]:
-        print(f"bhd group: site classifier on {row['condition']}: accuracy {row['accuracy']:.2f} "
-              f"(chance {row['chance']:.2f})")
+        print(f"bhd group: {classifier_line(row)}")
     return 0
+
+
+def classifier_line(row: dict) -> str:
+    """One line on a site classifier row (``site_effects.site_classifier``), also when it could not run."""
+    if np.isnan(row["accuracy"]):
+        return (f"site classifier on {row['condition']}: not run ({row['n_images']} image(s), {row['n_scanners']} "
+                "scanner(s); it needs two scanners or more, and two images or more of each when there are two)")
+    return f"site classifier on {row['condition']}: accuracy {row['accuracy']:.2f} (chance {row['chance']:.2f})"
