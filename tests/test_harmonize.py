@@ -166,17 +166,23 @@ def test_harmonize_without_refinement_returns_the_generated_image(small_subject)
     assert out["refinement_history"] == []
 
 
-@pytest.mark.parametrize("start_from", ["histmatch", "source"])
-def test_start_time_mixes_the_start_image_into_the_noise(small_subject, start_from):
-    """With a zero velocity (untrained, zero head) the output is x_t0 = t0 * start + (1 - t0) * noise.
+def start_image(start_from: str, source: np.ndarray, mask: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
+    """The start images by their definitions: the source, matched to the target quantiles, and (``refined``)
+    that image after the paper's NCC refinement towards the source (alpha 0.02, 6 iterations)."""
+    matched = histogram_matching(source, mask, quantiles)
+    return {"source": source, "histmatch": matched,
+            "refined": refine(matched, source, mask, "ncc", 0.02, 6, step_rule="paper")[0]}[start_from]
 
-    The start image is the source matched to the model's target quantiles (``histmatch``) or the source itself.
-    """
+
+@pytest.mark.parametrize("start_from", ["histmatch", "refined", "source"])
+def test_start_time_mixes_the_start_image_into_the_noise(small_subject, start_from):
+    """With a zero velocity (untrained, zero head) the output is x_t0 = t0 * start + (1 - t0) * noise."""
     source, mask, target = small_subject["vision15t"], small_subject["mask"], small_subject["trio3t"]
     quantiles = target_quantiles([target], [mask])
     model = in_memory(random_net(4, zero_head=True), quantiles=quantiles)
-    out = harmonize(model, source, mask, steps=2, start_time=0.7, start_from=start_from, refinement="none", seed=5)
-    start = histogram_matching(source, mask, quantiles) if start_from == "histmatch" else source
+    out = harmonize(model, source, mask, steps=2, start_time=0.7, start_from=start_from, refinement="none", seed=5,
+                    refine_step=0.02, refine_iterations=6, refine_step_rule="paper")
+    start = start_image(start_from, source, mask, quantiles)
     noise = torch.randn((1, 1, *source.shape), generator=torch.Generator().manual_seed(5))[0, 0]
     expected = from_flow_space(0.7 * to_flow_space(torch.from_numpy(start)) + 0.3 * noise).numpy()
     expected[mask == 0] = 0
@@ -220,6 +226,25 @@ def test_refinement_towards_the_histogram_matched_source(small_subject):
     assert np.abs(towards_source["harmonized"] - out["harmonized"]).max() > 1e-3
     with pytest.raises(ValueError, match="reference"):
         harmonize(model, source, mask, steps=2, refine_reference="target")
+
+
+def test_split_against_the_refined_start_keeps_its_detail_and_the_draws_low_frequencies(small_subject):
+    """refinement split with reference ``start``: the start's detail above the low-pass, the draw's below it."""
+    from bhd_app.method.refinement import frequency_split
+
+    source, mask, target = small_subject["vision15t"], small_subject["mask"], small_subject["trio3t"]
+    quantiles = target_quantiles([target], [mask])
+    model = in_memory(random_net(7), parameterization="image", quantiles=quantiles)
+    settings = dict(steps=1, solver="euler", start_time=0.9, start_from="refined", refinement="split",
+                    refine_reference="start", split_sigma=2.0, refine_step=0.02, refine_iterations=6,
+                    refine_step_rule="paper", seed=3)
+    out = harmonize(model, source, mask, **settings)
+    start = start_image("refined", source, mask, quantiles)
+    expected = frequency_split(out["generated"], start, mask, 2.0)
+    np.testing.assert_allclose(out["harmonized"], expected, atol=1e-6)
+    assert np.abs(out["harmonized"] - frequency_split(out["generated"], source, mask, 2.0)).max() > 1e-3
+    with pytest.raises(ValueError, match="start image"):
+        harmonize(model, source, mask, **{**settings, "start_from": "target"})
 
 
 def test_a_given_edge_map_replaces_the_source_edges(small_subject):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..config import (CONTRAST_CONVERSION, CONTRAST_DEPENDENT, DEFAULT_MODEL, METHODS, NATIVE, REFINEMENTS,
-                      SHIPPED_MODELS, SOLVERS, STEP_RULES, T1W, model_path)
+                      REFINE_REFERENCES, SHIPPED_MODELS, SOLVERS, START_FROM, STEP_RULES, T1W, model_path)
 
 def _default(name: str):
     """A harmonization option's default: the T1w preset's, or None where the contrast decides (``config.preset``)."""
@@ -95,8 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--start-time", type=_unit_interval, default=_default("start_time"),
                    help="flow start t0: 0 is pure noise (paper); t0>0 starts from the noised --start-from image"
                         + _note("start_time"))
-    g.add_argument("--start-from", choices=("histmatch", "source"), default=_default("start_from"),
-                   help="the image mixed into the start when --start-time > 0" + _note("start_from"))
+    g.add_argument("--start-from", choices=START_FROM, default=_default("start_from"),
+                   help="the image mixed into the start when --start-time > 0: the source matched to the target "
+                        "histogram, that image refined by NCC towards the source (--refine-step etc.), or the "
+                        "source" + _note("start_from"))
     g.add_argument("--samples", type=_positive_int, default=_default("samples"),
                    help="edge-to-image draws averaged before the refinement (closer to the target on average, "
                         "N times the sampling time)" + _note("samples"))
@@ -117,9 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--split-sigma", type=float, default=_default("split_sigma"),
                    help="--refinement split: the Gaussian low-pass (voxels) below which the edge-to-image output "
                         "is kept; the reference supplies the frequencies above it" + _note("split_sigma"))
-    g.add_argument("--refine-reference", choices=("source", "histmatch"), default=_default("refine_reference"),
-                   help="the image the refinement uses: the source (paper) or the source matched to the target "
-                        "histogram" + _note("refine_reference"))
+    g.add_argument("--refine-reference", choices=REFINE_REFERENCES, default=_default("refine_reference"),
+                   help="the image the refinement uses: the source (paper), the source matched to the target "
+                        "histogram, or the start image (--start-from)" + _note("refine_reference"))
     g.add_argument("--native", choices=NATIVE, default=_default("native"),
                    help="the native-grid image: change adds the harmonization's change, made on the grid, to the "
                         "input at its own resolution (finer detail kept); resample resamples the harmonized grid "

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import T1W, HarmonizationSettings
+from ..config import REFINE_REFERENCES, START_FROM, T1W, HarmonizationSettings
 from ..errors import BHDInputError
 from .baselines import histogram_matching
 from .edges import canny_edges
@@ -71,11 +71,10 @@ def harmonize(model: HarmonizationModel, source: np.ndarray, mask: np.ndarray,
 
     ``settings`` (``config.HarmonizationSettings``; keyword ``overrides`` replace single fields) say
     how: with ``start_time`` > 0 the flow starts from the noised ``start_from`` image (the source
-    matched to the target histogram, or the source); ``samples`` > 1 averages that many draws
-    (seeds ``seed``, ``seed + 1``, ...), an estimate of the posterior mean given the edge map;
-    the refinement then climbs the similarity with ``refine_reference`` (the source, the paper's
-    choice, or its histogram-matched version: the same structure in intensities closer to the
-    target's). ``edge_map`` replaces the condition (default: the source's Canny edge map,
+    matched to the target histogram, that image refined by NCC towards the source, or the source);
+    ``samples`` > 1 averages that many draws (seeds ``seed``, ``seed + 1``, ...), an estimate of the
+    posterior mean given the edge map; the refinement then uses ``refine_reference`` (the source, the
+    paper's choice; its histogram-matched version; or the start image). ``edge_map`` replaces the condition (default: the source's Canny edge map,
     section 3.2), e.g. by random edges for Table S3's unconditional variant.
 
     Returns the edge map, the edge-to-image output (``generated``), the refined image
@@ -83,22 +82,27 @@ def harmonize(model: HarmonizationModel, source: np.ndarray, mask: np.ndarray,
     standard deviation over the draws (D, H, W), zero outside the mask; None when ``samples`` is 1.
     """
     s = replace(settings, **overrides)
-    if s.refine_reference not in ("source", "histmatch"):
-        raise ValueError(f"unknown refinement reference {s.refine_reference!r}; choose source or histmatch")
+    if s.refine_reference not in REFINE_REFERENCES:
+        raise ValueError(f"unknown refinement reference {s.refine_reference!r}; choose from {REFINE_REFERENCES}")
+    if s.start_from not in START_FROM:
+        raise ValueError(f"unknown start image {s.start_from!r}; choose from {START_FROM}")
     if edge_map is None:
         edge_map, _ = canny_edges(source)
     matched = histogram_matching(source, mask, model.target_quantiles)
-    start_image = None
-    if s.start_time > 0:
-        start_image = matched if s.start_from == "histmatch" else source
+    images = {"source": source, "histmatch": matched}
+    if s.start_from == "refined":  # the best no-model control: histogram matching + the paper's NCC refinement
+        images["refined"] = refine(matched, source, mask, "ncc", s.refine_step, s.refine_iterations, s.refine_region,
+                                   s.refine_step_rule)[0]
+    images["start"] = images[s.start_from]
     draws = [generate(model, edge_map, steps=s.steps, solver=s.solver, start_time=s.start_time,
-                      start_image=start_image, seed=s.seed + k) for k in range(s.samples)]
+                      start_image=images["start"] if s.start_time > 0 else None, seed=s.seed + k)
+             for k in range(s.samples)]
     generated = draws[0] if s.samples == 1 else np.mean(draws, axis=0, dtype=np.float32)
     generated[mask == 0] = 0
     uncertainty = None if s.samples == 1 else np.std(draws, axis=0, dtype=np.float32)
     if uncertainty is not None:
         uncertainty[mask == 0] = 0
-    reference = matched if s.refine_reference == "histmatch" else source
+    reference = images[s.refine_reference]
     harmonized, history = refine(generated, reference, mask, s.refinement, s.refine_step, s.refine_iterations,
                                  s.refine_region, s.refine_step_rule, s.split_sigma)
     harmonized[mask == 0] = 0

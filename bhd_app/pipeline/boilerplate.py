@@ -8,6 +8,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# The images a setting can name (start_from, refine_reference), in the methods' words.
+START_WORDS = {"source": "source", "histmatch": "histogram-matched source",
+               "refined": "histogram-matched source refined by NCC towards the source (alpha x N x gradient)"}
+
+
+def refinement_words(s: dict) -> str:
+    """What follows the edge-to-image draw, in the methods' words."""
+    reference = START_WORDS[s["start_from"] if s["refine_reference"] == "start" else s["refine_reference"]]
+    if s["refinement"] == "none":
+        return "no refinement"
+    if s["refinement"] == "split":
+        return (f"a frequency split: the draw's intensities below a Gaussian low-pass of {s['split_sigma']:g} voxels "
+                f"with the finer detail of the {reference}")
+    return (f"{s['refine_iterations']} refinement iterations climbing the {s['refinement'].upper()} with the "
+            f"{reference} ({s['refine_region']}, step {s['refine_step']:g}, rule {s['refine_step_rule']})")
+
+
 REFERENCES = {
     "bhd": "Jeong H, Lee H, Chun SY, Lee J. Efficient and robust 3D blind harmonization for large domain gaps "
            "(BlindHarmonyDiff). Seoul National University.",
@@ -54,14 +71,11 @@ def methods_text(settings_by_suffix: dict[str, dict], model_name: str | None, mo
                 f"({s['solver']} solver, {s['steps']} step{'s' if s['steps'] != 1 else ''}, "
                 + ("from pure noise" if s["start_time"] == 0 else
                    f"starting at t0 = {s['start_time']:g} from the noised "
-                   f"{'histogram-matched source' if s['start_from'] == 'histmatch' else 'source'}")
+                   f"{START_WORDS[s['start_from']]}")
                 + ", " + ("a single draw" if s["samples"] == 1 else f"{s['samples']} averaged draws")
                 + (", whose per-voxel standard deviation is given as an uncertainty map" if s["samples"] > 1 else "")
                 + "), followed by "
-                + ("no refinement" if s["refinement"] == "none" else
-                   f"{s['refine_iterations']} refinement iterations climbing the {s['refinement'].upper()} with the "
-                   f"{'histogram-matched source' if s['refine_reference'] == 'histmatch' else 'source'} "
-                   f"({s['refine_region']}, step {s['refine_step']:g}, rule {s['refine_step_rule']})")
+                + refinement_words(s)
                 + f"; random seed {s['seed']}. "
                 + ("On the input's own grid, the change made on the harmonization grid was added to the input at "
                    "its own resolution." if s.get("native") == "change" else
