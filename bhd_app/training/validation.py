@@ -124,8 +124,9 @@ class Validator:
     the whole campaign) and the participant level's current T1w defaults.
     """
 
-    FIXED_SETTINGS = HarmonizationSettings(start_time=0.5, steps=2, refinement="ncc", refine_step=0.02,
-                                           refine_step_rule="rms", refine_reference="source")
+    FIXED_SETTINGS = HarmonizationSettings(start_time=0.5, start_from="histmatch", steps=2, solver="midpoint",
+                                           refinement="ncc", refine_step=0.02, refine_step_rule="rms",
+                                           refine_reference="source")
 
     def __init__(self, run_dir: Path, quantiles: np.ndarray, every_s: float, subjects: list | None = None):
         self.log = run_dir / "validation.tsv"
