@@ -30,6 +30,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,7 @@ import numpy as np
 from bhd_app.evaluation.alterations import SOURCES, draw_lesions
 from bhd_app.method.baselines import (histogram_matching, random_edges, spectrum_swapping, target_quantiles,
                                target_spectrum)
-from bhd_app.config import preset
+from bhd_app.config import T1W, preset
 from bhd_app.method.harmonize import harmonize
 from bhd_app.modelfile import load_model
 from bhd_app.evaluation.metrics import fidelity, lesion_contrast
@@ -63,13 +64,17 @@ def controls(source: np.ndarray, mask: np.ndarray, suffix: str, quantiles: np.nd
 
 
 def model_outputs(model, name: str, source: np.ndarray, mask: np.ndarray, suffix: str, seed: int,
-                  with_random_edges: bool, with_variants: bool = False, with_solvers: bool = False) -> dict:
+                  with_random_edges: bool, with_variants: bool = False, with_solvers: bool = False,
+                  start_times: tuple[float, ...] = (), t1w: dict | None = None) -> dict:
     """A model's harmonized image at the participant level's defaults; for T1w also the same draw refined with
     the paper's step rule (alpha 0.02, 6 iterations) towards the source and towards its histogram-matched
     version, and (``with_random_edges``) the defaults with random edges; ``with_variants`` adds the frequency
     split of the default draw and of a draw from pure noise, at 4 and 8 voxels; ``with_solvers`` the defaults
-    with 2 midpoint steps instead of one Euler step."""
+    with 2 midpoint steps instead of one Euler step; ``start_times`` the defaults from other t0. ``t1w``
+    replaces fields of the T1w defaults in every row."""
     settings = preset(suffix)
+    if t1w and suffix == "T1w":
+        settings = replace(settings, **t1w)
     result = harmonize(model, source, mask, settings, seed=seed)
     out = {name: result["harmonized"]}
     if suffix == "T1w":
@@ -89,6 +94,9 @@ def model_outputs(model, name: str, source: np.ndarray, mask: np.ndarray, suffix
     if with_solvers and suffix == "T1w":
         out[f"{name}, 2 midpoint steps"] = harmonize(model, source, mask, settings, seed=seed, steps=2,
                                                      solver="midpoint")["harmonized"]
+    for t0 in start_times if suffix == "T1w" else ():
+        out[f"{name}, t0 {t0:g}"] = harmonize(model, source, mask, settings, seed=seed,
+                                              start_time=t0)["harmonized"]
     if with_random_edges and suffix == "T1w":
         out[f"random edges ({name})"] = harmonize(model, source, mask, settings, seed=seed,
                                                   edge_map=random_edges(source, mask, seed))["harmonized"]
@@ -102,6 +110,11 @@ def main(argv=None) -> int:
     p.add_argument("--random-edges", action="store_true", help="also each model with random edges (T1w)")
     p.add_argument("--variants", action="store_true", help="also the frequency-split variants (T1w)")
     p.add_argument("--solvers", action="store_true", help="also the defaults with 2 midpoint steps (T1w)")
+    p.add_argument("--start-times", type=float, nargs="+", default=[],
+                   help="also the defaults from these t0 (T1w)")
+    p.add_argument("--t1w", nargs="+", default=[], metavar="FIELD=VALUE",
+                   help="the models' T1w settings instead of the participant default's, e.g. refinement=none "
+                        "(config.HarmonizationSettings fields; every model row, random edges too)")
     p.add_argument("--no-controls", action="store_true", help="score the models only")
     p.add_argument("--subjects", type=int, default=3, help="N held-out subjects")
     p.add_argument("--first", type=int, default=0, help="index of the first held-out subject (0-15)")
@@ -135,7 +148,7 @@ def main(argv=None) -> int:
             for label, model in models.items():
                 t = time.perf_counter()
                 outs |= model_outputs(model, label, source, masks[k], scanner.suffix, k, args.random_edges,
-                                      args.variants, args.solvers)
+                                      args.variants, args.solvers, tuple(args.start_times), t1w_overrides(args.t1w))
                 print(f"{subject} {name} {label}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
             rows = [r for r in rows if not (r["subject"] == subject and r["source"] == name and r["method"] in outs)]
             for method, image in outs.items():
@@ -147,6 +160,15 @@ def main(argv=None) -> int:
     (args.out_dir / "tables.md").write_text(tables(rows))
     print(tables(rows))
     return 0
+
+
+def t1w_overrides(pairs: list[str]) -> dict:
+    """FIELD=VALUE pairs as settings fields, each value of its default's type."""
+    out = {}
+    for pair in pairs:
+        name, value = pair.split("=", 1)
+        out[name] = type(getattr(T1W, name))(value)
+    return out
 
 
 def target_statistics(cache: Path) -> tuple[np.ndarray, np.ndarray]:
