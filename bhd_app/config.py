@@ -17,6 +17,8 @@ DEFAULT_MODEL = "ixi-hh"
 METHODS = ("bhd", "histmatch", "ssimh", "none")
 SOLVERS = ("euler", "midpoint", "rk4", "dopri5")
 REFINEMENTS = ("ncc", "mi", "split", "none")
+START_FROM = ("histmatch", "refined", "source")
+REFINE_REFERENCES = ("source", "histmatch", "start")
 STEP_RULES = ("rms", "paper")
 NATIVE = ("change", "resample")
 
@@ -26,10 +28,12 @@ class HarmonizationSettings:
     """How one preprocessed image is harmonized (eq. 4-5, section 3.5).
 
     ``start_time`` 0 draws the image from the edge map alone (the paper); t0 > 0 starts from
-    the noised ``start_from`` image. ``samples`` edge-to-image draws are averaged before the
-    refinement, which climbs the NCC (or MI) with ``refine_reference`` (``refine_step_rule``
-    says what ``refine_step`` means), or (``split``) keeps the draw's low frequencies below
-    ``split_sigma`` voxels and the reference's high frequencies (``refinement.refine``).
+    the noised ``start_from`` image: the source, its histogram-matched version, or (``refined``)
+    that version after the paper's NCC refinement towards the source (the refine_step fields).
+    ``samples`` edge-to-image draws are averaged before the refinement, which climbs the NCC (or
+    MI) with ``refine_reference`` (``refine_step_rule`` says what ``refine_step`` means), or
+    (``split``) keeps the draw's low frequencies below ``split_sigma`` voxels and the reference's
+    high frequencies (``refinement.refine``); the reference ``start`` is the start image.
     ``native`` says how the native-grid image is made: ``change`` adds the change made on the grid
     to the input at its own resolution (finer detail kept); ``resample`` resamples the harmonized
     grid image (contrast conversion, where the input's own detail has the other contrast).
@@ -39,15 +43,15 @@ class HarmonizationSettings:
     steps: int = 1
     solver: str = "euler"
     start_time: float = 0.9
-    start_from: str = "histmatch"
+    start_from: str = "refined"
     samples: int = 1
-    refinement: str = "ncc"
+    refinement: str = "split"
     refine_step: float = 0.02
     refine_step_rule: str = "paper"
     refine_iterations: int = 6
     refine_region: str = "brain"
-    refine_reference: str = "source"
-    split_sigma: float = 8.0
+    refine_reference: str = "start"
+    split_sigma: float = 2.0
     native: str = "change"
     seed: int = 0
 
@@ -60,10 +64,11 @@ class HarmonizationSettings:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-# T1w inputs: harmonization, one Euler step from the noised histogram-matched source at t0 0.9 (the
-# network's clean-image estimate). T2w inputs: contrast conversion to the T1w target (section 4.8): from
-# noise along the whole path (2 midpoint steps, S3.1's solver), no refinement (T1w and T2w correlate
-# too little), 4 averaged draws.
+# T1w inputs: harmonization. The start is the best no-model control (histogram matching, then the paper's
+# NCC refinement towards the source); one Euler step from it, noised at t0 0.9, gives the network's
+# clean-image estimate, whose low frequencies (below 2 voxels) replace the start's. T2w inputs: contrast
+# conversion to the T1w target (section 4.8): from noise along the whole path (2 midpoint steps, S3.1's
+# solver), no refinement (T1w and T2w correlate too little), 4 averaged draws.
 T1W = HarmonizationSettings()
 CONTRAST_CONVERSION = replace(T1W, start_time=0.0, steps=2, solver="midpoint", samples=4, refinement="none",
                               native="resample")
@@ -72,13 +77,14 @@ PRESETS = {"T1w": T1W, "T2w": CONTRAST_CONVERSION}
 CONTRAST_DEPENDENT = tuple(f.name for f in fields(HarmonizationSettings)
                            if getattr(T1W, f.name) != getattr(CONTRAST_CONVERSION, f.name))
 # Why the presets are what they are, for the model card.
-PRESETS_WHY = ("T1w: one Euler step from t0 0.9 (the noised, histogram-matched source), then the paper's refinement "
-               "(NCC towards the source, x += 0.02 N grad, 6 iterations): on held-out IXI-HH subjects 1-3 with known "
-               "scanner changes (benchmarks/real_traveling.py) 0.3-1.2 dB ahead of 2 midpoint steps (each network "
-               "pass adds its own error; the midpoint rule's last step extrapolates two of them) at a quarter of the "
-               "network evaluations, and ahead of the unit-RMS step and the frequency split; T2w (contrast conversion, "
-               "section 4.8): from noise, 2 midpoint steps, no refinement, 4 averaged draws (1.0-1.5 dB over one "
-               "draw); see BENCHMARKS.md")
+PRESETS_WHY = ("T1w: start from histogram matching refined by the paper's NCC step towards the source (x += 0.02 N "
+               "grad, 6 iterations; the best no-model control), one Euler step from it noised at t0 0.9, and keep "
+               "the network's frequencies below a 2-voxel Gaussian low-pass with the start's finer detail: on "
+               "held-out IXI-HH subjects 1-3 with known scanner changes (benchmarks/real_traveling.py), with a model "
+               "trained on changed starts (bhd-train --altered-start-fraction), 0.5-0.8 dB ahead of one Euler step "
+               "from the histogram-matched source followed by the NCC refinement (the earlier default), which gave "
+               "the network's work back to the source; T2w (contrast conversion, section 4.8): from noise, 2 "
+               "midpoint steps, no refinement, 4 averaged draws (1.0-1.5 dB over one draw); see BENCHMARKS.md")
 
 
 def preset(suffix: str) -> HarmonizationSettings:
