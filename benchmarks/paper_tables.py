@@ -157,7 +157,7 @@ def main() -> None:
         tdir = anat(root / "out-none", sub, "trio")
         target_img = ants.image_read(str(one(tdir, "*desc-preproc_T1w.nii.gz")))
         target = target_img.numpy()
-        tmask = ants.image_read(str(one(tdir, "*desc-brain_mask.nii.gz"))).numpy() > 0
+        tmask = ants.image_read(str(one(tdir, "*space-*desc-brain_mask.nii.gz"))).numpy() > 0
         lesion, shell = lesion_truth(make_anatomy(seed, lesions=LESIONS), one(anat(ds, sub, "trio"), "*_T1w.nii.gz"),
                                      target_img, one(tdir, "*_xfm.mat"))
         target_seg = atropos_labels(target, tmask, target_img)
@@ -166,7 +166,7 @@ def main() -> None:
             ses, suffix = SESSION[src], PROTOCOLS[src].suffix
             sdir = anat(root / "out-none", sub, ses)
             source_img = ants.image_read(str(one(sdir, f"*desc-preproc_{suffix}.nii.gz")))
-            smask = ants.image_read(str(one(sdir, "*desc-brain*_mask.nii.gz"))).numpy()
+            smask = ants.image_read(str(one(sdir, "*space-*desc-brain*_mask.nii.gz"))).numpy()
             reg = ants.registration(target_img, source_img, type_of_transform="Affine", random_seed=1)
 
             def to_target(image: np.ndarray, interpolator: str = "linear") -> np.ndarray:
