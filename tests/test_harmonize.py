@@ -143,7 +143,8 @@ def test_harmonize_on_a_small_grid(small_subject):
     source, mask = small_subject["vision15t"], small_subject["mask"]
     assert source.shape == (32, 32, 32) and mask.sum() > 2000
     model = in_memory(random_net(2))
-    out = harmonize(model, source, mask, steps=2, seed=0)
+    paper = dict(steps=2, seed=0, start_from="histmatch", refinement="ncc", refine_reference="source")
+    out = harmonize(model, source, mask, **paper)
     assert out["edge_map"].shape == source.shape and set(np.unique(out["edge_map"])) == {0, 1}
     for key in ("generated", "harmonized"):
         image = out[key]
@@ -155,7 +156,7 @@ def test_harmonize_on_a_small_grid(small_subject):
     assert len(history) == 7 and history[-1] > history[0]
     # The refinement pulls the generated image towards the source.
     assert ncc(out["harmonized"], source, mask) > ncc(out["generated"], source, mask)
-    again = harmonize(model, source, mask, steps=2, seed=0)
+    again = harmonize(model, source, mask, **paper)
     np.testing.assert_array_equal(again["harmonized"], out["harmonized"])
 
 
@@ -215,13 +216,13 @@ def test_refinement_towards_the_histogram_matched_source(small_subject):
     source, mask, target = small_subject["vision15t"], small_subject["mask"], small_subject["trio3t"]
     quantiles = target_quantiles([target], [mask])
     model = in_memory(random_net(6), quantiles=quantiles)
-    out = harmonize(model, source, mask, steps=2, refine_step=0.02, refine_step_rule="rms",
+    out = harmonize(model, source, mask, steps=2, refinement="ncc", refine_step=0.02, refine_step_rule="rms",
                     refine_reference="histmatch")
     expected, _ = refine(out["generated"], histogram_matching(source, mask, quantiles), mask, "ncc", 0.02)
     expected[mask == 0] = 0
     np.testing.assert_allclose(out["harmonized"], expected, atol=1e-6)
-    towards_source = harmonize(model, source, mask, steps=2, refine_step=0.02, refine_step_rule="rms",
-                               refine_reference="source")
+    towards_source = harmonize(model, source, mask, steps=2, refinement="ncc", refine_step=0.02,
+                               refine_step_rule="rms", refine_reference="source")
     np.testing.assert_array_equal(towards_source["generated"], out["generated"])
     assert np.abs(towards_source["harmonized"] - out["harmonized"]).max() > 1e-3
     with pytest.raises(ValueError, match="reference"):

@@ -74,8 +74,9 @@ def harmonize(model: HarmonizationModel, source: np.ndarray, mask: np.ndarray,
     matched to the target histogram, that image refined by NCC towards the source, or the source);
     ``samples`` > 1 averages that many draws (seeds ``seed``, ``seed + 1``, ...), an estimate of the
     posterior mean given the edge map; the refinement then uses ``refine_reference`` (the source, the
-    paper's choice; its histogram-matched version; or the start image). ``edge_map`` replaces the condition (default: the source's Canny edge map,
-    section 3.2), e.g. by random edges for Table S3's unconditional variant.
+    paper's choice; its histogram-matched version; or the start image). ``edge_map`` replaces the
+    condition (default: the source's Canny edge map, section 3.2), e.g. by random edges for Table
+    S3's unconditional variant.
 
     Returns the edge map, the edge-to-image output (``generated``), the refined image
     (``harmonized``), the refinement's similarity history and ``uncertainty``: the per-voxel
