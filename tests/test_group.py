@@ -96,9 +96,13 @@ def test_rigid_registration_restores_traveling_subject_agreement(small_subject):
     assert registered[0] > unregistered[0]  # PSNR
 
 
-def test_group_level_on_the_reference_run(participant_run):
+def test_group_level_on_the_reference_run(participant_run, capsys):
     out = participant_run.out
     assert main([str(participant_run.ds), str(out), "group"]) == 0
+    lines = capsys.readouterr().out.splitlines()  # progress: each image, each traveling pair, the writing
+    assert sum("] segmenting sub-" in line for line in lines) == 2
+    assert sum("] registering traveling pair" in line and "(pair 1/1)" in line for line in lines) == 1
+    assert any(line.startswith("bhd group [0:") and "writing the group tables" in line for line in lines)
     volumes = read_tsv(out / "group_volumes.tsv")
     assert {r["condition"] for r in volumes} == {"before", "bhd", "histmatch"} and len(volumes) == 6
     assert all(300 < float(r["GM_mL"]) + float(r["WM_mL"]) < 2500 for r in volumes)

@@ -23,8 +23,11 @@ import io
 import itertools
 import json
 import logging
+import time
 import zlib
+from datetime import timedelta
 from pathlib import Path
+from typing import Callable
 
 import nibabel as nib
 import numpy as np
@@ -145,7 +148,8 @@ def _load(path: Path) -> np.ndarray:
     return np.asarray(nib.load(path).dataobj, dtype=np.float32)
 
 
-def measure_images(records: list[dict], target_quantiles: np.ndarray) -> dict[str, list[dict]]:
+def measure_images(records: list[dict], target_quantiles: np.ndarray,
+                   progress: Callable[[str], None] = lambda line: None) -> dict[str, list[dict]]:
     """Segment every version of every image; per condition, one entry per record (same order).
 
     Each entry holds the image (D, H, W), the brain mask, the tissue labels, the volumes and the features.
@@ -155,7 +159,8 @@ def measure_images(records: list[dict], target_quantiles: np.ndarray) -> dict[st
 
     names = conditions(records[0]["method"])
     out: dict[str, list[dict]] = {c: [] for c in names}
-    for r in records:
+    for k, r in enumerate(records):
+        progress(f"segmenting {r['job']} ({len(names)} versions; image {k + 1}/{len(records)})")
         preproc, mask = _load(r["files"]["preproc"]), _load(r["files"]["mask"]) > 0
         images = {"before": preproc, "histmatch": histogram_matching(preproc, mask, target_quantiles)}
         images[r["method"]] = _load(r["files"]["harmonized"])
@@ -172,7 +177,8 @@ def traveling_pairs(records: list[dict]) -> list[tuple[int, int]]:
             if records[i]["subject"] == records[j]["subject"] and records[i]["scanner"] != records[j]["scanner"]]
 
 
-def downstream_tables(records: list[dict], measured: dict[str, list[dict]], participants: dict) -> dict[str, list[dict]]:
+def downstream_tables(records: list[dict], measured: dict[str, list[dict]], participants: dict,
+                      progress: Callable[[str], None] = lambda line: None) -> dict[str, list[dict]]:
     """The group tables (name -> rows) of tissue volumes, scanner effects, site classifier, travelers, age."""
     from scipy import stats
 
@@ -201,7 +207,9 @@ def downstream_tables(records: list[dict], measured: dict[str, list[dict]], part
             for t in TISSUES:
                 r_age, p_age = stats.pearsonr(ages, [e["volumes"][t] for e in entries])
                 tables["age"].append({"condition": c, "tissue": t, "r": r_age, "p": p_age, "n_images": len(ages)})
-    for i, j in traveling_pairs(records):
+    pairs = traveling_pairs(records)
+    for k, (i, j) in enumerate(pairs):
+        progress(f"registering traveling pair {records[i]['job']} / {records[j]['job']} (pair {k + 1}/{len(pairs)})")
         before = measured["before"]
         # One rigid transform per pair, from the preprocessed images, moves every version of image j.
         transforms = rigid_transform(before[i]["image"], before[j]["image"])
@@ -260,8 +268,14 @@ def run_group_level(bids_dir: Path, out_dir: Path, model_path: Path | None = Non
         raise BHDInputError(f"{out_dir}: cannot write the group outputs ({err.strerror or err}); make the "
                             "output folder writable (and not full) and run the group level again") from None
     before, after = site_separability(records, "before"), site_separability(records, "after")
-    measured = measure_images(records, _target_quantiles(records, model_path))
-    tables = downstream_tables(records, measured, read_participants(Path(bids_dir)))
+    started = time.monotonic()
+
+    def progress(line: str) -> None:
+        print(f"bhd group [{timedelta(seconds=round(time.monotonic() - started))}] {line}", flush=True)
+
+    measured = measure_images(records, _target_quantiles(records, model_path), progress)
+    tables = downstream_tables(records, measured, read_participants(Path(bids_dir)), progress)
+    progress("writing the group tables and report")
     html = group_report_html(records, before, after, failed_jobs(out_dir), tables)
     texts = {out_dir / "group_bhd.tsv": group_tsv(records), out_dir / "group_report.html": html}
     texts |= {out_dir / f"group_{name}.tsv": tsv_text(rows) for name, rows in tables.items()}
