@@ -107,7 +107,7 @@ def test_loss_with_a_changed_start_is_the_image_loss_at_that_start(patches):
         flow.rectified_flow_loss(FirstChannel(), patches, cond, "velocity", noise=(x0, t), start=start)
 
 
-def test_training_with_changed_starts_runs_and_resumes_identically(subject, tmp_path):
+def test_training_with_changed_starts_is_reproducible_and_differs_from_plain_training(subject, tmp_path):
     image = subject.image("trio3t")[40:88, 56:104, 44:92]
     edge_map = canny_edges(image)[0].astype(np.float32)
     config = TrainConfig(patch_size=16, batch_size=2, learning_rate=1e-3, steps=4, seed=3, checkpoint_every_s=1e9,

@@ -91,7 +91,8 @@ def training_settings(args: argparse.Namespace) -> TrainingSettings:
     return replace(TRAINING, width=args.width, patch_size=args.patch_size, batch_size=args.batch_size,
                    learning_rate=args.lr, steps=args.steps, multi_stride_fraction=args.multi_stride_fraction,
                    parameterization=args.parameterization, late_time_fraction=args.late_time_fraction,
-                   altered_start_fraction=args.altered_start_fraction, seed=args.seed, checkpoint_every_s=args.checkpoint_minutes * 60)
+                   altered_start_fraction=args.altered_start_fraction, seed=args.seed,
+                   checkpoint_every_s=args.checkpoint_minutes * 60)
 
 
 def load_or_make_data(args) -> tuple[list, list, list, dict]:
