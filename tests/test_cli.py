@@ -82,6 +82,22 @@ def test_not_a_bids_folder_is_one_line_error(tmp_path, capsys):
     assert len(err) == 1 and "dataset_description.json" in err[0] and str(tmp_path / "in") in err[0]
 
 
+def test_mi_refinement_under_the_paper_step_rule_is_one_line_error(examples, tmp_path, capsys):
+    """The paper's step (x += 0.02 N grad) is NCC's; on MI's gradient it wrecked the image (10-12 dB), so the
+    combination stops before any file is written; with the rms step rule MI runs."""
+    ds = _small_dataset(examples, tmp_path / "ds", [("02", "vida", "T1w")])
+    out = tmp_path / "out"
+    code = main([str(ds), str(out), "participant", "--refinement", "mi", "-w", str(tmp_path / "w"),
+                 "--skip-bids-validation"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and "--refine-step-rule rms" in err[0]
+    assert not out.exists()
+    args = build_parser().parse_args([str(ds), str(out), "participant", "--refinement", "mi",
+                                      "--refine-step-rule", "rms"])
+    assert harmonization_settings(args, "T1w").refinement == "mi"
+
+
 def test_unknown_participant_label_lists_the_available_ones(examples, tmp_path, capsys):
     ds = _small_dataset(examples, tmp_path / "ds", [("02", "vida", "T1w")])
     code = main([str(ds), str(tmp_path / "out"), "participant", "--participant-label", "sub-99",

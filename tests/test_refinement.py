@@ -98,6 +98,20 @@ def test_mi_increases(images):
     assert out.min() >= 0 and out.max() <= 1
 
 
+def test_mi_under_the_paper_step_rule_is_refused(images):
+    """x += 0.02 N grad is the paper's step for NCC; MI's per-voxel gradient N grad is of order 1/sigma (here
+    up to 100), so that step throws voxels to 0 or 1. refine() refuses it rather than return such an image."""
+    generated = images["blurred"][MI_BLOCK]
+    source = images["source"][MI_BLOCK]
+    x = generated[generated > 0].astype(np.float64)
+    s = source[generated > 0].astype(np.float64)
+    scaled = x.size * mi_gradient(x, s)[1]
+    assert np.abs(scaled).max() > 10  # 0.02 x that is a jump of over 0.2 in [0, 1] units
+    mask = np.ones(generated.shape, np.uint8)
+    with pytest.raises(ValueError, match="rms step rule"):
+        refine(generated, source, mask, "mi", step_rule="paper")
+
+
 def test_mi_is_larger_for_dependent_images():
     rng = np.random.default_rng(0)
     x = rng.random(2000)

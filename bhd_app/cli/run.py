@@ -17,6 +17,7 @@ from pathlib import Path
 from .. import __version__
 from ..config import HarmonizationSettings, preset
 from ..errors import BHDInputError
+from ..method.refinement import MI_NEEDS_RMS
 from .parser import build_parser
 
 LOGGER = logging.getLogger("bhd")
@@ -27,7 +28,11 @@ EXIT_JOBS_FAILED = 1
 def harmonization_settings(args, suffix: str) -> HarmonizationSettings:
     """One job's settings: its contrast's preset (``config.preset``), with every option the user gave."""
     given = {k: getattr(args, k) for k in HarmonizationSettings.__dataclass_fields__ if getattr(args, k) is not None}
-    return replace(preset(suffix), **given)
+    settings = replace(preset(suffix), **given)
+    if settings.refinement == "mi" and settings.refine_step_rule == "paper":
+        raise BHDInputError(f"--refinement mi with --refine-step-rule paper ({suffix}): {MI_NEEDS_RMS}; add "
+                            "--refine-step-rule rms")
+    return settings
 
 
 def _str(path: Path | None) -> str | None:
@@ -106,6 +111,8 @@ def run_participant(args) -> int:
     from ..pipeline.progress import JobFirstMultiProcPlugin, JobProgress
     from ..pipeline.workflows import init_participant_wf
 
+    for suffix in args.contrasts:
+        harmonization_settings(args, suffix)  # a combination that cannot run stops here, before any file
     plugin_args = plugin_arguments(args.plugin_args)
     work_dir = args.work_dir or Path.cwd() / "work"
     check_output_dir(args.bids_dir, args.output_dir, work_dir)

@@ -16,9 +16,10 @@ differ mostly at low frequencies, so the two images stay highly correlated.
 
 Two step rules. ``paper``: x += alpha * N * gradient (N voxels in the region; the
 per-voxel gradient of a whole-volume similarity scales as 1/N), the paper's
-alpha = 0.02 and 6 iterations. ``rms``: the gradient scaled to unit RMS over the
-region, so ``step`` is the typical intensity change per iteration (in [0, 1]
-image units).
+alpha = 0.02 and 6 iterations; it is defined for NCC only (MI's gradient has
+another scale: alpha * N * gradient of MI moves voxels by whole intensity units).
+``rms``: the gradient scaled to unit RMS over the region, so ``step`` is the
+typical intensity change per iteration (in [0, 1] image units).
 
 For NCC the maximum along the gradient is known: the image becomes a linear map
 of the source. An ``rms`` step never goes past it (fixed-size steps would jump over the
@@ -34,6 +35,8 @@ from scipy import ndimage
 
 OBJECTIVES = ("ncc", "mi", "split", "none")
 STEP_RULES = ("rms", "paper")
+MI_NEEDS_RMS = ("the MI refinement needs the rms step rule: the paper's step (x += 0.02 x N x gradient) is "
+                "defined for NCC, and on MI's gradient it moves voxels by whole intensity units")
 
 
 def ncc_gradient(x: np.ndarray, source: np.ndarray) -> tuple[float, np.ndarray]:
@@ -104,15 +107,18 @@ def refine(harmonized: np.ndarray, source: np.ndarray, mask: np.ndarray, objecti
 
     ``step_rule`` says what ``step`` means: ``rms``, the RMS intensity change per iteration
     (capped at the NCC maximum); ``paper``, x += step * N * gradient over the N region voxels,
-    the paper's plain gradient ascent (alpha = 0.02, 6 iterations). ``split`` ignores the step
-    and returns ``frequency_split`` with ``split_sigma``. ``region`` is ``brain`` (the
-    similarity and the update use brain voxels only) or ``volume`` (the whole grid). Returns
+    the paper's plain gradient ascent (alpha = 0.02, 6 iterations; NCC only, ValueError for MI).
+    ``split`` ignores the step and returns ``frequency_split`` with ``split_sigma``. ``region``
+    is ``brain`` (the similarity and the update use brain voxels only) or ``volume`` (the whole
+    grid). Returns
     (refined image in [0, 1], the similarity before each iteration and after the last).
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown refinement {objective!r}; choose from {OBJECTIVES}")
     if step_rule not in STEP_RULES:
         raise ValueError(f"unknown refinement step rule {step_rule!r}; choose from {STEP_RULES}")
+    if objective == "mi" and step_rule == "paper":
+        raise ValueError(MI_NEEDS_RMS)
     out = harmonized.astype(np.float32).copy()
     if objective == "split":
         return frequency_split(out, source, mask, split_sigma), []
