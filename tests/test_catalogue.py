@@ -265,6 +265,45 @@ def test_train_run_dir_that_cannot_be_created(ds, tmp_path, capsys):
     assert str(tmp_path / "run") in _one_error_line(capsys, "bhd-train")
 
 
+def test_train_validation_subjects_must_be_held_out(ds, tmp_path, capsys):
+    code = train.main([str(tmp_path / "run"), "--bids-dir", str(ds), "--participant-label", "02", "03",
+                       "--validation-label", "sub-02", "--steps", "1", "--device", "cpu"])
+    assert code == 2
+    line = _one_error_line(capsys, "bhd-train")
+    assert "--validation-label 02" in line and "held out" in line, line
+    assert _outputs(tmp_path / "run") == []
+
+
+def test_train_validation_label_needs_a_bids_target(tmp_path, capsys):
+    code = train.main([str(tmp_path / "run"), "--synthetic", "2", "--validation-label", "01", "--steps", "1"])
+    assert code == 2
+    assert "--bids-dir" in _one_error_line(capsys, "bhd-train")
+    assert _outputs(tmp_path / "run") == []
+
+
+@pytest.mark.slow
+def test_train_validates_on_held_out_subjects_of_the_target(examples, tmp_path):
+    """--validation-label: those subjects are preprocessed into validation.npz, never trained on, and each
+    checkpoint's validation scores them altered by the known scanners (one row per image and scanner)."""
+    import csv
+
+    from bhd_app.training.data import load_cache
+    from bhd_app.training.validation import VALIDATION_ALTERATIONS
+
+    ds = small_dataset(examples, tmp_path / "ds", [("01", "trio", "T1w"), ("02", "trio", "T1w"),
+                                                    ("03", "trio", "T1w")])
+    run = tmp_path / "run"
+    assert train.main([str(run), "--bids-dir", str(ds), "--validation-label", "03", "--steps", "2",
+                       "--checkpoint-minutes", "0", "--validate-minutes", "0.001", "--device", "cpu",
+                       "--width", "4", "--patch-size", "16", "--batch-size", "1"]) == 0
+    assert [name.split("_")[0] for name in load_cache(run / "data.npz")[3]["images"]] == ["sub-01", "sub-02"]
+    assert [name.split("_")[0] for name in load_cache(run / "validation.npz")[3]["images"]] == ["sub-03"]
+    with open(run / "validation.tsv") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert {r["protocol"] for r in rows} == set(VALIDATION_ALTERATIONS)
+    assert all(float(r["bhd_psnr"]) > 0 and float(r["histmatch_psnr"]) > 0 for r in rows)
+
+
 # ---------------------------------------------------------------------------------------------- valid inputs
 
 

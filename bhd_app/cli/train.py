@@ -32,7 +32,7 @@ from ..modelfile import load_model, save_model, select_device
 from ..training.data import bids_target_data, load_cache, save_cache, synthetic_target_data
 from ..training.patches import PatchSampler
 from ..training.trainer import Distributed, TrainConfig, Trainer
-from ..training.validation import Validator
+from ..training.validation import Validator, altered_subjects
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--bids-dir", type=Path, help="target-domain BIDS dataset (its T1w images)")
     src.add_argument("--synthetic", type=int, metavar="N", help="render N simulated target-domain subjects")
-    p.add_argument("--participant-label", nargs="+", help="with --bids-dir: train on these subjects only")
+    p.add_argument("--participant-label", nargs="+",
+                   help="with --bids-dir: train on these subjects only (default: all but --validation-label)")
+    p.add_argument("--validation-label", nargs="+", metavar="SUB",
+                   help="with --bids-dir: held-out subjects of the target dataset, never trained on; each is altered "
+                        "by known scanner-like changes and harmonized back at the participant defaults every "
+                        "--validate-minutes (RUN_DIR/validation.tsv). Without them a BIDS target is not validated")
     p.add_argument("--lesion-every", type=int, default=3, help="--synthetic: every k-th subject has WM lesions")
     d, paper = TRAINING, PAPER_TRAINING
     p.add_argument("--width", type=int, default=d.width, help=f"U-Net base width (paper: {paper.width})")
@@ -66,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", type=float, help="stop after this many minutes in this call")
     p.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_every_s / 60)
     p.add_argument("--validate-minutes", type=float, default=20.0,
-                   help="score the EMA model on validation subjects at most this often (0: never)")
+                   help="score the EMA model on validation subjects at most this often (0: never): simulated "
+                        "traveling subjects with --synthetic, the --validation-label subjects with --bids-dir")
     p.add_argument("--export", type=Path, help="write the EMA model here (.pt + .json card) at the end")
     p.add_argument("--compact-state", type=Path,
                    help="small resume file (weights, EMA, step; no optimizer) kept between sessions: training "
@@ -104,9 +110,37 @@ def load_or_make_data(args) -> tuple[list, list, list, dict]:
     if args.synthetic:
         data = synthetic_target_data(args.synthetic, args.lesion_every)
     else:
-        data = bids_target_data(args.bids_dir, args.participant_label, args.run_dir / "preproc", args.nprocs)
+        data = bids_target_data(args.bids_dir, args.participant_label, args.run_dir / "preproc", args.nprocs,
+                                exclude=args.validation_label or ())
     save_cache(cache, *data)  # other ranks wait for this file
     return load_cache(cache)  # the 8-bit images that resuming will see
+
+
+def load_or_make_validation_data(args) -> tuple[list, list] | None:
+    """The --validation-label subjects' images and brain masks, preprocessed once into RUN_DIR/validation.npz
+    (None without --validation-label)."""
+    if not args.validation_label:
+        return None
+    cache = args.run_dir / "validation.npz"
+    if not cache.exists():
+        save_cache(cache, *bids_target_data(args.bids_dir, args.validation_label, args.run_dir / "preproc",
+                                            args.nprocs, minimum=1))
+    images, masks, _, _ = load_cache(cache)
+    return images, masks
+
+
+def check_labels(args) -> None:
+    """BHDInputError for --validation-label without a BIDS target or shared with --participant-label."""
+    if not args.validation_label:
+        return
+    if not args.bids_dir:
+        raise BHDInputError("--validation-label needs --bids-dir (a simulated target is validated on simulated "
+                            "traveling subjects)")
+    strip = lambda labels: {label.removeprefix("sub-") for label in labels or ()}  # noqa: E731
+    shared = strip(args.participant_label) & strip(args.validation_label)
+    if shared:
+        raise BHDInputError(f"--validation-label {' '.join(sorted(shared))}: also in --participant-label; "
+                            "validation subjects must be held out from training")
 
 
 def load_weights(path: Path, unet: UNetConfig) -> dict:
@@ -133,6 +167,7 @@ def main(argv=None) -> int:
         if args.batch_size % dist.world_size:
             raise BHDInputError(f"--batch-size {args.batch_size} is the global batch: it must be a multiple of "
                                 f"the {dist.world_size} torchrun processes")
+        check_labels(args)
         if args.altered_start_fraction > 0 and args.parameterization != "image":
             raise BHDInputError("--altered-start-fraction needs --parameterization image (the loss asks for the "
                                 "unchanged image)")
@@ -161,12 +196,15 @@ def train(args: argparse.Namespace, dist: Distributed, device: torch.device) -> 
                                 "writable folder") from None
         if not dist.is_main:
             wait_for(args.run_dir / "data.npz")
+        held_out = load_or_make_validation_data(args) if dist.is_main else None
         images, masks, edges, data_desc = load_or_make_data(args)
     except BHDInputError as err:
         print(f"bhd-train: error: {err}", file=sys.stderr)
         return 2
     if args.prepare_only:
-        print(f"prepared {len(images)} target-domain images in {args.run_dir / 'data.npz'}")
+        validation = f" and {len(held_out[0])} validation images in {args.run_dir / 'validation.npz'}"
+        print(f"prepared {len(images)} target-domain images in {args.run_dir / 'data.npz'}"
+              + (validation if held_out else ""))
         return 0
     config = TrainConfig.from_settings(training_settings(args))
     sampler = PatchSampler(images, edges, config.patch_size, config.multi_stride_fraction, seed=args.seed)
@@ -189,8 +227,12 @@ def train(args: argparse.Namespace, dist: Distributed, device: torch.device) -> 
             print(f"fine-tuning from {args.init_from}", file=sys.stderr)
     quantiles = target_quantiles(images, masks)
     validator = None
-    if args.validate_minutes and dist.is_main:
-        validator = Validator(args.run_dir, quantiles, args.validate_minutes * 60)
+    if args.validate_minutes and dist.is_main and (args.synthetic or held_out):
+        subjects = altered_subjects(*held_out) if held_out else None  # None: the simulated traveling subjects
+        validator = Validator(args.run_dir, quantiles, args.validate_minutes * 60, subjects)
+    elif args.validate_minutes and dist.is_main:
+        print("bhd-train: no validation (give --validation-label SUB ... to score held-out target subjects)",
+              file=sys.stderr)
     trainer.train(time_budget_s=args.time_budget * 60 if args.time_budget else None, on_checkpoint=validator)
     if not dist.is_main:
         return 0

@@ -61,14 +61,18 @@ def _preprocess_one(path: Path, work_dir: Path) -> tuple[np.ndarray, np.ndarray,
     return pre.image, pre.brain_mask, canny_edges(pre.image)[0]
 
 
-def bids_target_data(bids_dir: Path, labels, work_dir: Path, nprocs: int = 1) -> tuple[list, list, list, dict]:
-    """Every T1w image of ``bids_dir`` (or of the ``labels`` subjects), preprocessed on ``nprocs`` processes."""
+def bids_target_data(bids_dir: Path, labels, work_dir: Path, nprocs: int = 1, minimum: int = 2,
+                     exclude=()) -> tuple[list, list, list, dict]:
+    """Every T1w image of ``bids_dir`` (or of the ``labels`` subjects; none of the ``exclude`` subjects),
+    preprocessed on ``nprocs`` processes; BHDInputError for fewer than ``minimum`` images (training needs two,
+    validation one)."""
     from ..pipeline.bids import collect_jobs, load_layout
 
-    jobs = collect_jobs(load_layout(bids_dir), participant_labels=labels)
-    if len(jobs) < 2:
-        raise BHDInputError(f"{bids_dir}: {len(jobs)} T1w image selected; a target domain needs two or more to "
-                            "train on; add images or select more participants")
+    held_out = {label.removeprefix("sub-") for label in exclude}
+    jobs = [j for j in collect_jobs(load_layout(bids_dir), participant_labels=labels) if j.subject not in held_out]
+    if len(jobs) < minimum:
+        raise BHDInputError(f"{bids_dir}: {len(jobs)} T1w image selected; at least {minimum} needed (training "
+                            "needs two); add images or select more participants")
     with ProcessPoolExecutor(max(1, nprocs)) as pool:
         futures = [pool.submit(_preprocess_one, job.path, work_dir / job.name) for job in jobs]
         results = []

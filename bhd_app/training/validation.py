@@ -1,10 +1,13 @@
-"""Validation on simulated traveling subjects: harmonization against histogram matching.
+"""Validation on traveling subjects: harmonization against histogram matching.
 
-A traveling subject is one anatomy rendered by a source protocol and by the
-target protocol; harmonizing the source should bring it close to the target
-render (PSNR and SSIM inside the brain, section 4.4). Validation subjects use
-their own seeds, disjoint from the training data, ``bids_examples/`` and the
-benchmark.
+A traveling subject is one anatomy seen by a source scanner and by the target
+scanner; harmonizing the source should bring it close to the target image
+(PSNR and SSIM inside the brain, section 4.4). For the simulated target they
+are renders of simulated anatomies (``traveling_subjects``: their own seeds,
+disjoint from the training data, ``bids_examples/`` and the benchmark). For a
+real target they are held-out target images with lesions drawn in, altered by
+known scanner-like changes (``altered_subjects``): the unaltered image is the
+truth.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..config import T1W, HarmonizationSettings
+from ..evaluation.alterations import SOURCES, draw_lesions
 from ..evaluation.metrics import fidelity, lesion_contrast
 from ..evaluation.simulation import PROTOCOLS, TARGET_PROTOCOL, Anatomy, make_anatomy, render_on_grid
 from ..method.baselines import histogram_matching
@@ -32,6 +36,7 @@ if TYPE_CHECKING:
 
 VALIDATION_SEEDS = (3001, 3002)
 VALIDATION_SOURCES = ("sonata15t", "vision15t")
+VALIDATION_ALTERATIONS = ("low_contrast_15t", "flash_like")
 
 
 @dataclass
@@ -80,6 +85,20 @@ def traveling_subjects(seeds=VALIDATION_SEEDS, sources=VALIDATION_SOURCES, lesio
         for k, name in enumerate(sources):
             source, _ = render_on_grid(anatomy, PROTOCOLS[name], seed + 10 + k)
             out.append(TravelingSubject(seed, name, source, target, mask, lesion, shell))
+    return out
+
+
+def altered_subjects(images: list[np.ndarray], masks: list[np.ndarray],
+                     sources: tuple[str, ...] = VALIDATION_ALTERATIONS) -> list[TravelingSubject]:
+    """Held-out target-domain images (D, H, W) on the grid as traveling subjects: each gets three white-matter
+    lesions drawn in (the truth) and is altered by each scanner of ``alterations.SOURCES`` named in ``sources``
+    (the source). ``seed`` is the image's index; the same images give the same subjects."""
+    out = []
+    for k, (image, mask) in enumerate(zip(images, masks)):
+        truth, lesion, shell = draw_lesions(image, mask, seed=k)
+        for name in sources:
+            source = SOURCES[name].apply(truth, mask, seed=100 * k + 7)
+            out.append(TravelingSubject(k, name, source, truth, mask, lesion, shell))
     return out
 
 
