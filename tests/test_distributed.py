@@ -80,6 +80,25 @@ def test_cli_refuses_a_batch_that_does_not_split(tmp_path, single_process, monke
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
+def test_export_writes_a_model_that_loads_and_keeps_the_hand_written_card_fields(tmp_path, single_process):
+    """One process: --export writes the EMA weights (float16) with a card whose sha256 load_model checks; the steps and
+    defaults are this run's, the curated fields (status, credit, ...) of an existing card are kept."""
+    from bhd_app.config import card_defaults
+    from bhd_app.modelfile import load_model
+
+    run = tmp_path / "run"
+    prepare_run_dir(run)
+    (run / "model.json").write_text(json.dumps({"status": "measured by hand", "credit": "IXI", "steps": 99}))
+    assert train_cli.main(cli_args(run, steps=2)) == 0
+    card = json.loads((run / "model.json").read_text())
+    assert card["status"] == "measured by hand" and card["credit"] == "IXI"
+    assert card["steps"] == 2 and card["defaults"] == card_defaults() and card["training"]["patch_size"] == 16
+    model = load_model(run / "model.pt")
+    ema = torch.load(run / "checkpoint.pt", weights_only=True)["ema"]
+    for name, value in model.net.state_dict().items():
+        torch.testing.assert_close(value.float(), ema[name].half().float())  # the model file stores float16
+
+
 def losses(run_dir: Path, steps: int = STEPS) -> list[float]:
     rows = (run_dir / "loss.tsv").read_text().splitlines()
     assert rows[0] == "step\twall_s\tloss\tpatches_per_s"

@@ -13,23 +13,20 @@ global batch, split evenly over the processes, and rank 0 writes every file.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .. import __version__
-from ..config import PAPER_TRAINING, PARAMETERIZATIONS, TRAINING, TrainingSettings, card_defaults
+from ..config import PAPER_TRAINING, PARAMETERIZATIONS, TRAINING, TrainingSettings
 from ..errors import BHDInputError
-from ..method.baselines import target_quantiles, target_spectrum
+from ..method.baselines import target_quantiles
 from ..method.model import UNetConfig
-from ..modelfile import load_model, save_model, select_device
+from ..modelfile import load_model, select_device
 from ..training.data import bids_target_data, load_cache, save_cache, synthetic_target_data
+from ..training.export import export_model
 from ..training.patches import PatchSampler
 from ..training.trainer import Distributed, TrainConfig, Trainer
 from ..training.validation import Validator, altered_subjects
@@ -239,36 +236,9 @@ def train(args: argparse.Namespace, dist: Distributed, device: torch.device) -> 
     if args.compact_state:
         trainer.save_compact_state(args.compact_state)
     if args.export:
-        recipe = {k: v for k, v in config.to_dict().items() if k != "steps"}  # a stop step, not steps trained
-        card = {"bhd_version": __version__, "training": recipe, "training_data": data_desc,
-                "steps": trainer.step, "wall_time_s": round(trainer.wall, 1),
-                "final_loss": _recent_loss(args.run_dir / "loss.tsv")}
-        card = {**_curated_card_fields(args.export), **card, "defaults": card_defaults()}
-        card = save_model(args.export, trainer.ema, config.parameterization, quantiles, card,
-                          target_spectrum(images))
+        card = export_model(args.export, trainer, quantiles, images, data_desc)
         print(f"exported {args.export} (sha256 {card['sha256'][:12]}...)")
     return 0
-
-
-CURATED_CARD_FIELDS = ("target_domain", "license", "credit", "width_choice", "validation", "status", "reproduce")
-
-
-def _curated_card_fields(model_path: Path) -> dict:
-    """Hand-written fields of an existing model card (target domain, chosen defaults, status) to keep on export.
-
-    ``validation`` and ``status`` describe the model at the step they name; re-measure after training.
-    """
-    card_path = model_path.with_suffix(".json")
-    if not card_path.exists():
-        return {}
-    old = json.loads(card_path.read_text())
-    return {k: old[k] for k in CURATED_CARD_FIELDS if k in old}
-
-
-def _recent_loss(log: Path, n: int = 200) -> float:
-    with open(log) as f:
-        losses = [float(r["loss"]) for r in csv.DictReader(f, delimiter="\t")]
-    return round(float(np.mean(losses[-n:])), 5)
 
 
 if __name__ == "__main__":
