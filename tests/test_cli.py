@@ -202,6 +202,20 @@ def _rerun(run, out: Path, *extra: str) -> Path:
     return out / "sub-02" / "ses-vida" / "anat"
 
 
+def test_one_process_runs_the_jobs_one_after_another(participant_run, tmp_path, capsys):
+    """--nprocs 1 completes the first job before the second starts (nipype's Linear plugin ran every job's
+    first step, then every job's second, so the time left stayed unknown until the end)."""
+    work = participant_run.args[participant_run.args.index("-w") + 1]
+    assert main([str(participant_run.ds), str(tmp_path / "out"), "participant", "-w", work, "--skip-bids-validation",
+                 "--nprocs", "1"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("bhd [")]
+    first_done = next(i for i, ln in enumerate(lines) if "job complete (1/2 jobs done" in ln)
+    first_job = lines[first_done].split("] ", 1)[1].split(":")[0]
+    assert lines[0].split("] ", 1)[1].startswith(first_job)
+    assert all(ln.split("] ", 1)[1].startswith(first_job) for ln in lines[:first_done]), lines
+    assert "about" in lines[first_done + 1]  # the second job's first line has an estimate
+
+
 def _harmonized(anat: Path) -> tuple[np.ndarray, dict]:
     path = next(anat.glob("*space-*desc-harmonized_T1w.nii.gz"))
     sidecar = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())

@@ -150,7 +150,7 @@ def run_participant(args) -> int:
         wf = init_participant_wf(todo, args.output_dir, args.bids_dir, work_dir, settings, args.device, omp)
         wf.config["execution"].update({"crashdump_dir": str(crash_dir), "crashfile_format": "txt",
                                        "stop_on_first_crash": False, "remove_unnecessary_outputs": False})
-        plugin = args.plugin or ("MultiProc" if nprocs > 1 else "Linear")
+        plugin = args.plugin or "MultiProc"  # job by job also with one process, so the time left is known early
         if plugin == "MultiProc":
             plugin_args.setdefault("n_procs", nprocs)
             plugin_args.setdefault("raise_insufficient", False)
