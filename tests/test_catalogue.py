@@ -281,6 +281,30 @@ def test_train_validation_label_needs_a_bids_target(tmp_path, capsys):
     assert _outputs(tmp_path / "run") == []
 
 
+def test_train_refuses_a_data_cache_that_holds_the_validation_subjects(tmp_path, capsys):
+    """A RUN_DIR prepared without --validation-label holds every subject; validating on one of them would
+    score images the model was trained on."""
+    import numpy as np
+
+    from bhd_app.training.data import save_cache
+
+    run = tmp_path / "run"
+    run.mkdir()
+    image = np.zeros((8, 8, 8), np.float32)
+    image[2:6, 2:6, 2:6] = 0.5
+    mask = (image > 0).astype(np.uint8)
+    save_cache(run / "data.npz", [image, image], [mask, mask], [mask, mask],
+               {"images": ["sub-01_ses-trio_T1w.nii.gz", "sub-03_ses-trio_T1w.nii.gz"]})
+    (run / "validation.npz").write_bytes((run / "data.npz").read_bytes())  # prepared: no preprocessing
+    before = sorted(p.name for p in run.iterdir())
+    code = train.main([str(run), "--bids-dir", str(tmp_path), "--validation-label", "03", "--steps", "1",
+                       "--device", "cpu"])
+    assert code == 2
+    line = _one_error_line(capsys, "bhd-train")
+    assert "sub-03" in line and "data.npz" in line, line
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
 @pytest.mark.slow
 def test_train_validates_on_held_out_subjects_of_the_target(examples, tmp_path):
     """--validation-label: those subjects are preprocessed into validation.npz, never trained on, and each

@@ -103,7 +103,13 @@ def load_or_make_data(args) -> tuple[list, list, list, dict]:
     rendering and preprocessing, and a run prepared on one machine can train on another."""
     cache = args.run_dir / "data.npz"
     if cache.exists():
-        return load_cache(cache)
+        data = load_cache(cache)
+        held_out = {f"sub-{label.removeprefix('sub-')}" for label in args.validation_label or ()}
+        leaked = sorted({name.split("_")[0] for name in data[3].get("images", [])} & held_out)
+        if leaked:
+            raise BHDInputError(f"{cache}: holds the validation subject(s) {' '.join(leaked)}, so they would be "
+                                "trained on; use a new RUN_DIR or other --validation-label subjects")
+        return data
     if args.synthetic:
         data = synthetic_target_data(args.synthetic, args.lesion_every)
     else:
