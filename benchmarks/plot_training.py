@@ -51,7 +51,9 @@ def main(run_dir: Path, out: Path) -> None:
                 defaults.setdefault(int(r["step"]), []).append(r)
         for ax, metric in zip(axes[1:], ("psnr", "ssim")):
             for method, color in (("bhd", "tab:blue"), ("generated", "tab:cyan"), ("histmatch", "tab:red"),
-                                  ("source", "0.5")):
+                                  ("histmatch_ncc", "tab:orange"), ("source", "0.5")):
+                if f"{method}_{metric}" not in val[0]:  # logs written before that control was scored
+                    continue
                 ys = [np.mean([float(r[f"{method}_{metric}"]) for r in by_step[s]]) for s in vs]
                 ax.plot(vs, ys, "o-", color=color, label="bhd (fixed settings)" if method == "bhd" else method)
             if defaults:

@@ -317,4 +317,5 @@ def test_validator_logs_the_fixed_settings_and_the_participant_defaults(target, 
     assert [json.loads(r["settings"]) for r in rows] == [Validator.FIXED_SETTINGS.to_dict(), T1W.to_dict()]
     assert json.loads(rows[1]["settings"])["start_time"] == T1W.start_time
     assert all(r["step"] == "1" and np.isfinite(float(r["bhd_psnr"])) for r in rows)
+    assert all(float(r["histmatch_ncc_psnr"]) > float(r["source_psnr"]) for r in rows)  # the best control, scored
     assert rows[0]["bhd_psnr"] != rows[1]["bhd_psnr"]
