@@ -6,8 +6,9 @@
 Subjects 3001-3002 (never trained on, not in the benchmark), rendered by each source protocol, are harmonized
 by every model with the defaults the participant level uses for that input (T1w: ``config.preset('T1w')``;
 T2w: contrast conversion) and scored against the same subject's target render inside the brain: PSNR, SSIM
-and the lesion contrast error of Fig. 6, next to histogram matching. This is how a new checkpoint earns the
-right to be shipped: it must not lose to the shipped one here.
+and the lesion contrast error of Fig. 6, next to the no-model controls: histogram matching, for T1w also
+histogram matching refined by the paper's NCC step towards the source, and the first model fed random edges.
+This is how a new checkpoint earns the right to be shipped: it must not lose to the shipped one here.
 
 ``--reconstruction`` also regenerates each subject's target render from its own edge map, from pure noise
 (no source image at all, as for contrast conversion), and scores it the same way: the model's own skill,
@@ -23,8 +24,9 @@ import numpy as np
 import torch
 
 from bhd_app.config import preset
-from bhd_app.method.baselines import histogram_matching
+from bhd_app.method.baselines import histogram_matching, random_edges
 from bhd_app.method.harmonize import harmonize
+from bhd_app.method.refinement import refine
 from bhd_app.modelfile import load_model
 from bhd_app.training.validation import reconstruction_score, score_with_lesion, traveling_subjects
 
@@ -52,7 +54,13 @@ def main() -> None:
             for name, model in models.items():
                 scores.setdefault((name, "from noise"), []).append(reconstruction_score(model, subj))
         suffix = "T2w" if subj.protocol.startswith("t2w") else "T1w"
-        images = {"histogram matching": histogram_matching(subj.source, subj.mask, loaded[0].target_quantiles)}
+        matched = histogram_matching(subj.source, subj.mask, loaded[0].target_quantiles)
+        images = {"histogram matching": matched}
+        if suffix == "T1w":
+            images["histogram matching + NCC"] = refine(matched, subj.source, subj.mask, "ncc", step_rule="paper")[0]
+            images["random edges (first model)"] = harmonize(loaded[0], subj.source, subj.mask, preset(suffix),
+                                                             edge_map=random_edges(subj.source, subj.mask,
+                                                                                   subj.seed))["harmonized"]
         for name, model in models.items():
             images[name] = harmonize(model, subj.source, subj.mask, preset(suffix))["harmonized"]
         for name, image in images.items():
