@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--refine-step-rule", choices=STEP_RULES, default=_default("refine_step_rule"),
                    help="rms: each iteration changes the brain by an RMS of --refine-step, never past the NCC "
                         "maximum (a linear map of the reference); paper: x += step * N * gradient over the N brain "
-                        "voxels, the paper's gradient ascent for NCC (its step: 0.02; MI needs rms)" + _note("refine_step_rule"))
+                        "voxels, the paper's gradient ascent for NCC (its step: 0.02; MI needs rms)"
+                        + _note("refine_step_rule"))
     g.add_argument("--refine-iterations", type=int, default=_default("refine_iterations"),
                    help="refinement iterations (paper: 6)" + _note("refine_iterations"))
     g.add_argument("--refine-region", choices=("brain", "volume"), default=_default("refine_region"),
