@@ -319,3 +319,13 @@ def test_validator_logs_the_fixed_settings_and_the_participant_defaults(target, 
     assert all(r["step"] == "1" and np.isfinite(float(r["bhd_psnr"])) for r in rows)
     assert all(float(r["histmatch_ncc_psnr"]) > float(r["source_psnr"]) for r in rows)  # the best control, scored
     assert rows[0]["bhd_psnr"] != rows[1]["bhd_psnr"]
+
+
+def test_a_time_budget_bar_counts_the_budget_not_the_steps(target, tmp_path, capsys):
+    """With --time-budget the bar runs over the budget's seconds: a bar over all configured steps showed a time
+    left of days (e.g. 134 hours for 150k steps) for a 90-minute call."""
+    trainer = Trainer(tiny_config(steps=10**6), crop_sampler(target), tmp_path, torch.device("cpu"))
+    trainer.train(time_budget_s=1.0, progress=True)
+    err = capsys.readouterr().err
+    assert "training (time budget)" in err and "of 1s" in err, err
+    assert "1000000" not in err and trainer.step > 0

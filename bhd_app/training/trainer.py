@@ -120,6 +120,16 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def progress_bar(step: int, total: int, time_budget_s: float | None, disable: bool = False) -> tqdm:
+    """The console bar of a training call: over the steps, or over the seconds of ``time_budget_s`` when that
+    ends the call first (steps left at the last measured pace are unknown, so a step bar's time left would be
+    that of all ``total`` steps)."""
+    if time_budget_s is None:
+        return tqdm(total=total, initial=step, disable=disable, desc="training", unit="step")
+    return tqdm(total=round(time_budget_s), disable=disable, desc="training (time budget)", unit="s",
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} of {total}s, {remaining} left{postfix}")
+
+
 class Trainer:
     """The training loop with EMA, atomic checkpoints, a loss log and resume.
 
@@ -245,7 +255,7 @@ class Trainer:
             log.write("step\twall_s\tloss\tpatches_per_s\n")
         start = time.monotonic()
         last_ckpt = start
-        bar = tqdm(total=total, initial=self.step, disable=not (progress and main), desc="training", unit="step")
+        bar = progress_bar(self.step, total, time_budget_s, disable=not (progress and main))
         self.net.train()
         while self.step < total:
             t0 = time.monotonic()
@@ -286,8 +296,8 @@ class Trainer:
             losses.append(loss_value)
             if main:
                 log.write(f"{self.step}\t{self.wall:.1f}\t{losses[-1]:.5f}\t{self.config.batch_size / dt:.2f}\n")
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            bar.update(1 if bar.unit == "step" else min(now - start, bar.total) - bar.n)
+            bar.set_postfix(step=self.step, loss=f"{losses[-1]:.4f}")
             if checkpoint_due or self.step >= total or out_of_time:
                 if main:
                     log.flush()
