@@ -296,7 +296,7 @@ class Trainer:
             losses.append(loss_value)
             if main:
                 log.write(f"{self.step}\t{self.wall:.1f}\t{losses[-1]:.5f}\t{self.config.batch_size / dt:.2f}\n")
-            bar.update(1 if bar.unit == "step" else min(now - start, bar.total) - bar.n)
+            bar.update(1 if time_budget_s is None else min(now - start, time_budget_s) - bar.n)
             bar.set_postfix(step=self.step, loss=f"{losses[-1]:.4f}")
             if checkpoint_due or self.step >= total or out_of_time:
                 if main:
