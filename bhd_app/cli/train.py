@@ -99,7 +99,7 @@ def training_settings(args: argparse.Namespace) -> TrainingSettings:
 
 
 def load_or_make_data(args) -> tuple[list, list, list, dict]:
-    """Target-domain data, cached in the run dir (``target_data.save_cache``) so that resuming skips
+    """Target-domain data, cached in the run dir (``training.data.save_cache``) so that resuming skips
     rendering and preprocessing, and a run prepared on one machine can train on another."""
     cache = args.run_dir / "data.npz"
     if cache.exists():
