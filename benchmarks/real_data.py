@@ -98,10 +98,10 @@ def t1w_scorer(root: Path, sub: str, ses: str):
     that transform and gives (PSNR, SSIM) inside both brain masks.
     """
     t1 = grid_image(root / "out-none", sub, ses, "*desc-preproc_T1w.nii.gz")
-    t1_mask = grid_image(root / "out-none", sub, ses, "*desc-brain_mask.nii.gz").numpy() > 0
+    t1_mask = grid_image(root / "out-none", sub, ses, "*space-*desc-brain_mask.nii.gz").numpy() > 0
     t2 = grid_image(root / "out-none", sub, ses, "*desc-preproc_T2w.nii.gz")
     reg = ants.registration(t1, t2, type_of_transform="Affine", random_seed=1)
-    t2_mask = grid_image(root / "out-none", sub, ses, "*desc-brainT2w_mask.nii.gz")
+    t2_mask = grid_image(root / "out-none", sub, ses, "*space-*desc-brainT2w_mask.nii.gz")
     mask = t1_mask & (ants.apply_transforms(t1, t2_mask, reg["fwdtransforms"]).numpy() > 0.5)
 
     def score(image: np.ndarray) -> tuple[float, float]:
@@ -144,7 +144,7 @@ def stroke_lesion_on_grid(root: Path, shared: Path) -> np.ndarray:
 
 def lesion_rows(root: Path, lesion: np.ndarray) -> list[dict]:
     """The stroke lesion's contrast in the preprocessed input and in each method's harmonized T1w."""
-    brain = grid_image(root / "out-none", "stroke", "mri", "*desc-brain_mask.nii.gz").numpy() > 0
+    brain = grid_image(root / "out-none", "stroke", "mri", "*space-*desc-brain_mask.nii.gz").numpy() > 0
     ring = ndimage.binary_dilation(lesion, iterations=3) & ~ndimage.binary_dilation(lesion, iterations=1) & brain
     images = {"T1w (input)": grid_image(root / "out-none", "stroke", "mri", "*desc-preproc_T1w.nii.gz").numpy()}
     for method in ("histmatch", "bhd"):
@@ -191,6 +191,7 @@ def main() -> None:
     p.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     p.add_argument("--nprocs", type=int, default=1)
     p.add_argument("--figure-only", action="store_true", help="redraw mosaic.png from an earlier run")
+    p.add_argument("--score-only", action="store_true", help="score an earlier run's derivatives (no bhd-app runs)")
     args = p.parse_args()
     root = args.out_dir.absolute()
     if args.figure_only:
@@ -201,13 +202,14 @@ def main() -> None:
     seconds, separability = {}, {}
     for method in METHODS:
         out = root / f"out-{method}"
-        seconds[method] = round(run_app(ds, out, work, "participant", "--method", method, "--contrasts", "T1w",
-                                        "T2w", "--nprocs", str(args.nprocs)), 1)
-        run_app(ds, out, work, "group")
+        if not args.score_only:
+            seconds[method] = round(run_app(ds, out, work, "participant", "--method", method, "--contrasts",
+                                            "T1w", "T2w", "--nprocs", str(args.nprocs)), 1)
+            run_app(ds, out, work, "group")
         t1w = [r for r in collect_results(ds, out) if r["suffix"] == "T1w"]
         separability[method] = {"before": round(site_separability(t1w, "before"), 4),
                                 "after": round(site_separability(t1w, "after"), 4)}
-        print(f"{method}: {seconds[method]} s", flush=True)
+        print(f"{method}: {seconds.get(method, 'not run (--score-only)')} s", flush=True)
     rows = []
     for sub, ses in T2W_SUBJECTS:
         score = t1w_scorer(root, sub, ses)
@@ -225,7 +227,7 @@ def main() -> None:
         if suffix != "T1w":
             continue
         source = grid_image(root / "out-none", sub, ses, "*desc-preproc_T1w.nii.gz").numpy()
-        mask = grid_image(root / "out-none", sub, ses, "*desc-brain_mask.nii.gz").numpy() > 0
+        mask = grid_image(root / "out-none", sub, ses, "*space-*desc-brain_mask.nii.gz").numpy() > 0
         for method in ("histmatch", "bhd"):
             image = grid_image(root / f"out-{method}", sub, ses, "*space-*desc-harmonized_T1w.nii.gz").numpy()
             rows.append({"subject": sub, "task": "T1w: SSIM to the source", "method": method,
