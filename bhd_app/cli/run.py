@@ -17,7 +17,7 @@ from pathlib import Path
 from .. import __version__
 from ..config import HarmonizationSettings, preset
 from ..errors import BHDInputError
-from ..method.refinement import MI_NEEDS_RMS
+from ..method.refinement import check_refinement
 from .parser import build_parser
 
 LOGGER = logging.getLogger("bhd")
@@ -29,9 +29,11 @@ def harmonization_settings(args, suffix: str) -> HarmonizationSettings:
     """One job's settings: its contrast's preset (``config.preset``), with every option the user gave."""
     given = {k: getattr(args, k) for k in HarmonizationSettings.__dataclass_fields__ if getattr(args, k) is not None}
     settings = replace(preset(suffix), **given)
-    if settings.refinement == "mi" and settings.refine_step_rule == "paper":
-        raise BHDInputError(f"--refinement mi with --refine-step-rule paper ({suffix}): {MI_NEEDS_RMS}; add "
-                            "--refine-step-rule rms")
+    try:
+        check_refinement(settings.refinement, settings.refine_step_rule)
+    except ValueError as err:  # the choices are the parser's, so only MI under the paper's step rule
+        raise BHDInputError(f"--refinement {settings.refinement} with --refine-step-rule "
+                            f"{settings.refine_step_rule} ({suffix}): {err}; add --refine-step-rule rms") from None
     return settings
 
 
@@ -218,7 +220,10 @@ def _configure_logging(verbose: int) -> None:
     LOGGER.setLevel(logging.DEBUG if verbose else logging.INFO)
     LOGGER.propagate = False
     level = "INFO" if verbose >= 1 else "WARNING"
-    config.update_config({"logging": {"workflow_level": level, "interface_level": level, "utils_level": level}})
+    # A failed node's traceback goes to its crash file; bhd prints one FAILED line, nipype's ERROR log only with -v.
+    workflow_level = level if verbose >= 1 else "CRITICAL"
+    config.update_config({"logging": {"workflow_level": workflow_level, "interface_level": level,
+                                      "utils_level": level}})
     nipype_logging.update_logging(config)
 
 
