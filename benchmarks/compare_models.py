@@ -25,8 +25,7 @@ import torch
 
 from bhd_app.config import preset
 from bhd_app.method.baselines import histogram_matching, random_edges
-from bhd_app.method.harmonize import harmonize
-from bhd_app.method.refinement import refine
+from bhd_app.method.harmonize import harmonize, refined_start
 from bhd_app.modelfile import load_model
 from bhd_app.training.validation import reconstruction_score, score_with_lesion, traveling_subjects
 
@@ -57,7 +56,7 @@ def main() -> None:
         matched = histogram_matching(subj.source, subj.mask, loaded[0].target_quantiles)
         images = {"histogram matching": matched}
         if suffix == "T1w":
-            images["histogram matching + NCC"] = refine(matched, subj.source, subj.mask, "ncc", step_rule="paper")[0]
+            images["histogram matching + NCC"] = refined_start(matched, subj.source, subj.mask, preset(suffix))
             images["random edges (first model)"] = harmonize(loaded[0], subj.source, subj.mask, preset(suffix),
                                                              edge_map=random_edges(subj.source, subj.mask,
                                                                                    subj.seed))["harmonized"]

@@ -209,7 +209,7 @@ def main() -> None:
         t1w = [r for r in collect_results(ds, out) if r["suffix"] == "T1w"]
         separability[method] = {"before": round(site_separability(t1w, "before"), 4),
                                 "after": round(site_separability(t1w, "after"), 4)}
-        print(f"{method}: {seconds.get(method, 'not run (--score-only)')} s", flush=True)
+        print(f"{method}: " + (f"{seconds[method]} s" if method in seconds else "not run (--score-only)"), flush=True)
     rows = []
     for sub, ses in T2W_SUBJECTS:
         score = t1w_scorer(root, sub, ses)

@@ -39,7 +39,7 @@ from bhd_app.evaluation.alterations import SOURCES, draw_lesions
 from bhd_app.method.baselines import (histogram_matching, random_edges, spectrum_swapping, target_quantiles,
                                target_spectrum)
 from bhd_app.config import T1W, preset
-from bhd_app.method.harmonize import harmonize
+from bhd_app.method.harmonize import harmonize, refined_start
 from bhd_app.modelfile import load_model
 from bhd_app.evaluation.metrics import fidelity, lesion_contrast
 from bhd_app.method.refinement import refine
@@ -58,8 +58,7 @@ def controls(source: np.ndarray, mask: np.ndarray, suffix: str, quantiles: np.nd
     matched = histogram_matching(source, mask, quantiles)
     out = {"none": source, "histmatch": matched, "ssimh": spectrum_swapping(source, mask, spectrum)}
     if suffix == "T1w":
-        out["histmatch + NCC"] = refine(matched, source, mask, "ncc", settings.refine_step,
-                                        settings.refine_iterations, step_rule=settings.refine_step_rule)[0]
+        out["histmatch + NCC"] = refined_start(matched, source, mask, settings)
     return out
 
 

@@ -25,6 +25,7 @@ from ..errors import BHDInputError
 from ..method.baselines import target_quantiles
 from ..method.model import UNetConfig
 from ..modelfile import load_model, select_device
+from ..pipeline.bids import normalize_label
 from ..training.data import bids_target_data, load_cache, save_cache, synthetic_target_data
 from ..training.export import export_model
 from ..training.patches import PatchSampler
@@ -104,7 +105,7 @@ def load_or_make_data(args) -> tuple[list, list, list, dict]:
     cache = args.run_dir / "data.npz"
     if cache.exists():
         data = load_cache(cache)
-        held_out = {f"sub-{label.removeprefix('sub-')}" for label in args.validation_label or ()}
+        held_out = {f"sub-{normalize_label(label, 'sub')}" for label in args.validation_label or ()}
         leaked = sorted({name.split("_")[0] for name in data[3].get("images", [])} & held_out)
         if leaked:
             raise BHDInputError(f"{cache}: holds the validation subject(s) {' '.join(leaked)}, so they would be "
@@ -139,8 +140,8 @@ def check_labels(args) -> None:
     if not args.bids_dir:
         raise BHDInputError("--validation-label needs --bids-dir (a simulated target is validated on simulated "
                             "traveling subjects)")
-    strip = lambda labels: {label.removeprefix("sub-") for label in labels or ()}  # noqa: E731
-    shared = strip(args.participant_label) & strip(args.validation_label)
+    shared = ({normalize_label(label, "sub") for label in args.participant_label or ()}
+              & {normalize_label(label, "sub") for label in args.validation_label})
     if shared:
         raise BHDInputError(f"--validation-label {' '.join(sorted(shared))}: also in --participant-label; "
                             "validation subjects must be held out from training")

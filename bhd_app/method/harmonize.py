@@ -64,6 +64,15 @@ def generate(model: HarmonizationModel, edge_map: np.ndarray, *, steps: int = T1
     return from_flow_space(x1)[0, 0].float().cpu().numpy()
 
 
+def refined_start(matched: np.ndarray, source: np.ndarray, mask: np.ndarray,
+                  settings: HarmonizationSettings = T1W) -> np.ndarray:
+    """The histogram-matched source ``matched`` (D, H, W) after the paper's NCC refinement towards ``source``
+    with the ``refine_step`` fields of ``settings`` (section 3.5): the T1w start (``start_from='refined'``)
+    and the best control without the network."""
+    return refine(matched, source, mask, "ncc", settings.refine_step, settings.refine_iterations,
+                  settings.refine_region, settings.refine_step_rule)[0]
+
+
 def harmonize(model: HarmonizationModel, source: np.ndarray, mask: np.ndarray,
               settings: HarmonizationSettings = T1W, *, edge_map: np.ndarray | None = None,
               **overrides) -> dict[str, np.ndarray | list]:
@@ -92,8 +101,7 @@ def harmonize(model: HarmonizationModel, source: np.ndarray, mask: np.ndarray,
     matched = histogram_matching(source, mask, model.target_quantiles)
     images = {"source": source, "histmatch": matched}
     if s.start_from == "refined":  # the best no-model control: histogram matching + the paper's NCC refinement
-        images["refined"] = refine(matched, source, mask, "ncc", s.refine_step, s.refine_iterations, s.refine_region,
-                                   s.refine_step_rule)[0]
+        images["refined"] = refined_start(matched, source, mask, s)
     images["start"] = images[s.start_from]
     draws = [generate(model, edge_map, steps=s.steps, solver=s.solver, start_time=s.start_time,
                       start_image=images["start"] if s.start_time > 0 else None, seed=s.seed + k)

@@ -35,8 +35,6 @@ from scipy import ndimage
 
 OBJECTIVES = ("ncc", "mi", "split", "none")
 STEP_RULES = ("rms", "paper")
-MI_NEEDS_RMS = ("the MI refinement needs the rms step rule: the paper's step (x += 0.02 x N x gradient) is "
-                "defined for NCC, and on MI's gradient it moves voxels by whole intensity units")
 
 
 def ncc_gradient(x: np.ndarray, source: np.ndarray) -> tuple[float, np.ndarray]:
@@ -100,6 +98,17 @@ def _distance_to_ncc_maximum(x: np.ndarray, value: float) -> float:
     return float(x.std() * np.sqrt(max(1.0 - value**2, 0.0)) / max(value, 1e-6))
 
 
+def check_refinement(objective: str, step_rule: str) -> None:
+    """ValueError for an unknown objective or step rule, and for MI under the ``paper`` step rule."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown refinement {objective!r}; choose from {OBJECTIVES}")
+    if step_rule not in STEP_RULES:
+        raise ValueError(f"unknown refinement step rule {step_rule!r}; choose from {STEP_RULES}")
+    if objective == "mi" and step_rule == "paper":
+        raise ValueError("the MI refinement needs the rms step rule: the paper's step (x += 0.02 x N x gradient) "
+                         "is defined for NCC, and on MI's gradient it moves voxels by whole intensity units")
+
+
 def refine(harmonized: np.ndarray, source: np.ndarray, mask: np.ndarray, objective: str = "ncc",
            step: float = 0.02, iterations: int = 6, region: str = "brain",
            step_rule: str = "rms", split_sigma: float = 8.0) -> tuple[np.ndarray, list[float]]:
@@ -113,12 +122,7 @@ def refine(harmonized: np.ndarray, source: np.ndarray, mask: np.ndarray, objecti
     grid). Returns
     (refined image in [0, 1], the similarity before each iteration and after the last).
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown refinement {objective!r}; choose from {OBJECTIVES}")
-    if step_rule not in STEP_RULES:
-        raise ValueError(f"unknown refinement step rule {step_rule!r}; choose from {STEP_RULES}")
-    if objective == "mi" and step_rule == "paper":
-        raise ValueError(MI_NEEDS_RMS)
+    check_refinement(objective, step_rule)
     out = harmonized.astype(np.float32).copy()
     if objective == "split":
         return frequency_split(out, source, mask, split_sigma), []

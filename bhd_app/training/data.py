@@ -66,9 +66,9 @@ def bids_target_data(bids_dir: Path, labels, work_dir: Path, nprocs: int = 1, mi
     """Every T1w image of ``bids_dir`` (or of the ``labels`` subjects; none of the ``exclude`` subjects),
     preprocessed on ``nprocs`` processes; BHDInputError for fewer than ``minimum`` images (training needs two,
     validation one)."""
-    from ..pipeline.bids import collect_jobs, load_layout
+    from ..pipeline.bids import collect_jobs, load_layout, normalize_label
 
-    held_out = {label.removeprefix("sub-") for label in exclude}
+    held_out = {normalize_label(label, "sub") for label in exclude}
     jobs = [j for j in collect_jobs(load_layout(bids_dir), participant_labels=labels) if j.subject not in held_out]
     if len(jobs) < minimum:
         raise BHDInputError(f"{bids_dir}: {len(jobs)} T1w image selected; at least {minimum} needed (training "

@@ -28,8 +28,7 @@ from ..evaluation.metrics import fidelity, lesion_contrast
 from ..evaluation.simulation import PROTOCOLS, TARGET_PROTOCOL, Anatomy, make_anatomy, render_on_grid
 from ..method.baselines import histogram_matching
 from ..method.edges import canny_edges
-from ..method.harmonize import HarmonizationModel, generate, harmonize
-from ..method.refinement import refine
+from ..method.harmonize import HarmonizationModel, generate, harmonize, refined_start
 from ..pipeline.templates import Grid, harmonization_grid
 
 if TYPE_CHECKING:
@@ -131,7 +130,7 @@ def validate(model: HarmonizationModel, subjects: list[TravelingSubject],
     for subj in subjects:
         result = harmonize(model, subj.source, subj.mask, settings)
         hm = histogram_matching(subj.source, subj.mask, model.target_quantiles)
-        hm_ncc = refine(hm, subj.source, subj.mask, "ncc", step_rule="paper")[0]
+        hm_ncc = refined_start(hm, subj.source, subj.mask, T1W)  # the control at the participant defaults
         row = {"seed": subj.seed, "protocol": subj.protocol}
         for name, image in (("source", subj.source), ("histmatch", hm), ("histmatch_ncc", hm_ncc),
                             ("generated", result["generated"]), ("bhd", result["harmonized"])):
