@@ -25,7 +25,7 @@ import torch
 
 from bhd_app.config import preset
 from bhd_app.method.baselines import histogram_matching, random_edges
-from bhd_app.method.harmonize import harmonize, refined_start
+from bhd_app.method.harmonize import harmonize, model_grid, refined_start
 from bhd_app.modelfile import load_model
 from bhd_app.training.validation import reconstruction_score, score_with_lesion, traveling_subjects
 
@@ -57,9 +57,9 @@ def main() -> None:
         images = {"histogram matching": matched}
         if suffix == "T1w":
             images["histogram matching + NCC"] = refined_start(matched, subj.source, subj.mask, preset(suffix))
+            edges = random_edges(*model_grid(loaded[0], subj.source, subj.mask), subj.seed)
             images["random edges (first model)"] = harmonize(loaded[0], subj.source, subj.mask, preset(suffix),
-                                                             edge_map=random_edges(subj.source, subj.mask,
-                                                                                   subj.seed))["harmonized"]
+                                                             edge_map=edges)["harmonized"]
         for name, model in models.items():
             images[name] = harmonize(model, subj.source, subj.mask, preset(suffix))["harmonized"]
         for name, image in images.items():

@@ -52,7 +52,7 @@ from bhd_app.config import T1W, shipped_model_path  # noqa: E402
 from bhd_app.evaluation.metrics import fidelity, lesion_contrast  # noqa: E402
 from bhd_app.evaluation.simulation import PROTOCOLS, make_anatomy  # noqa: E402
 from bhd_app.method.baselines import histogram_matching, random_edges, spectrum_swapping  # noqa: E402
-from bhd_app.method.harmonize import harmonize  # noqa: E402
+from bhd_app.method.harmonize import harmonize, model_grid  # noqa: E402
 from bhd_app.method.refinement import refine  # noqa: E402
 from bhd_app.modelfile import load_model  # noqa: E402
 from bhd_app.training.validation import lesion_and_shell  # noqa: E402
@@ -199,8 +199,9 @@ def main() -> None:
                 images["no model: histogram matching + the same refinement"] = refined(start)
                 average = spectrum_swapping(np.zeros_like(source), brain, model.ssimh_spectrum())
                 images["no model: target average + the same refinement"] = refined(average)
-                images["unconditional (random edges)"] = harmonize(
-                    model, source, brain, defaults, edge_map=random_edges(source, brain, seed))["harmonized"]
+                edges = random_edges(*model_grid(model, source, brain), seed)
+                images["unconditional (random edges)"] = harmonize(model, source, brain, defaults,
+                                                                   edge_map=edges)["harmonized"]
             for method, image in images.items():
                 moved = to_target(image)
                 row = kept.get((seed, src, method))

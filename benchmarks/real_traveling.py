@@ -39,7 +39,7 @@ from bhd_app.evaluation.alterations import SOURCES, draw_lesions
 from bhd_app.method.baselines import (histogram_matching, random_edges, spectrum_swapping, target_quantiles,
                                target_spectrum)
 from bhd_app.config import T1W, preset
-from bhd_app.method.harmonize import harmonize, refined_start
+from bhd_app.method.harmonize import harmonize, model_grid, refined_start
 from bhd_app.modelfile import load_model
 from bhd_app.evaluation.metrics import fidelity, lesion_contrast
 from bhd_app.method.refinement import refine
@@ -97,8 +97,9 @@ def model_outputs(model, name: str, source: np.ndarray, mask: np.ndarray, suffix
         out[f"{name}, t0 {t0:g}"] = harmonize(model, source, mask, settings, seed=seed,
                                               start_time=t0)["harmonized"]
     if with_random_edges and suffix == "T1w":
+        edges = random_edges(*model_grid(model, source, mask), seed)
         out[f"random edges ({name})"] = harmonize(model, source, mask, settings, seed=seed,
-                                                  edge_map=random_edges(source, mask, seed))["harmonized"]
+                                                  edge_map=edges)["harmonized"]
     return out
 
 
@@ -138,7 +139,6 @@ def main(argv=None) -> int:
               "target histogram and spectrum", file=sys.stderr)
     for k in range(args.first, min(args.first + args.subjects, len(images))):
         truth, lesion, shell = draw_lesions(images[k], masks[k], seed=k)
-        truth_lc = lesion_contrast(truth, lesion, shell)
         subject = desc["images"][k].split("_")[0]
         for name in args.sources:
             scanner = SOURCES[name]
@@ -149,16 +149,26 @@ def main(argv=None) -> int:
                 outs |= model_outputs(model, label, source, masks[k], scanner.suffix, k, args.random_edges,
                                       args.variants, args.solvers, tuple(args.start_times), t1w_overrides(args.t1w))
                 print(f"{subject} {name} {label}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
-            rows = [r for r in rows if not (r["subject"] == subject and r["source"] == name and r["method"] in outs)]
-            for method, image in outs.items():
-                psnr_db, ssim_value = fidelity(image, truth, masks[k])
-                rows.append({"subject": subject, "source": name, "method": method, "psnr": round(psnr_db, 3),
-                             "ssim": round(ssim_value, 4),
-                             "lesion_error": round(abs(lesion_contrast(image, lesion, shell) - truth_lc), 4)})
+            rows = scored(rows, subject, name, outs, truth, masks[k], lesion, shell)
             results.write_text(json.dumps({"rows": rows, "heldout": desc["dataset"]}, indent=1))
     (args.out_dir / "tables.md").write_text(tables(rows))
     print(tables(rows))
     return 0
+
+
+def scored(rows: list[dict], subject: str, source: str, images: dict, truth: np.ndarray, mask: np.ndarray,
+           lesion: np.ndarray, shell: np.ndarray) -> list[dict]:
+    """``rows`` with this subject's and source's rows of the methods in ``images`` (method -> image, D, H, W)
+    replaced by their scores against ``truth``: PSNR and SSIM (each image normalized 1-99 % in ``mask``) and the
+    lesion contrast error."""
+    truth_lc = lesion_contrast(truth, lesion, shell)
+    rows = [r for r in rows if not (r["subject"] == subject and r["source"] == source and r["method"] in images)]
+    for method, image in images.items():
+        psnr_db, ssim_value = fidelity(image, truth, mask)
+        rows.append({"subject": subject, "source": source, "method": method, "psnr": round(psnr_db, 3),
+                     "ssim": round(ssim_value, 4),
+                     "lesion_error": round(abs(lesion_contrast(image, lesion, shell) - truth_lc), 4)})
+    return rows
 
 
 def t1w_overrides(pairs: list[str]) -> dict:

@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 # The shipped models, by the name --model accepts; each card states its target domain.
-SHIPPED_MODELS = {"simulated-trio": "bhd_default.pt", "ixi-hh": "bhd_ixihh.pt"}
+SHIPPED_MODELS = {"simulated-trio": "bhd_default.pt", "ixi-hh": "bhd_ixihh.pt", "ixi-hh-coarse": "bhd_ixihh_coarse.pt"}
 DEFAULT_MODEL = "ixi-hh"
 METHODS = ("bhd", "histmatch", "ssimh", "none")
 SOLVERS = ("euler", "midpoint", "rk4", "dopri5")
@@ -32,7 +32,7 @@ class HarmonizationSettings:
     that version after the paper's NCC refinement towards the source (the refine_step fields).
     ``samples`` edge-to-image draws are averaged before the refinement, which climbs the NCC (or
     MI) with ``refine_reference`` (``refine_step_rule`` says what ``refine_step`` means), or
-    (``split``) keeps the draw's low frequencies below ``split_sigma`` voxels and the reference's
+    (``split``) keeps the draw's low frequencies below ``split_sigma`` voxels of the model's grid and the reference's
     high frequencies (``refinement.refine``); the reference ``start`` is the start image.
     ``native`` says how the native-grid image is made: ``change`` adds the change made on the grid
     to the input at its own resolution (finer detail kept); ``resample`` resamples the harmonized
@@ -66,7 +66,7 @@ class HarmonizationSettings:
 
 # T1w inputs: harmonization. The start is the best no-model control (histogram matching, then the paper's
 # NCC refinement towards the source); one Euler step from it, noised at t0 0.9, gives the network's
-# clean-image estimate, whose low frequencies (below 2 voxels) replace the start's. T2w inputs: contrast
+# clean-image estimate, whose low frequencies (below 2 voxels of the model's grid) replace the start's. T2w inputs: contrast
 # conversion to the T1w target (section 4.8): from noise along the whole path (2 midpoint steps, S3.1's
 # solver), no refinement (T1w and T2w correlate too little), 4 averaged draws.
 T1W = HarmonizationSettings()
@@ -79,12 +79,14 @@ CONTRAST_DEPENDENT = tuple(f.name for f in fields(HarmonizationSettings)
 # Why the presets are what they are, for the model card.
 PRESETS_WHY = ("T1w: start from histogram matching refined by the paper's NCC step towards the source (x += 0.02 N "
                "grad, 6 iterations; the best no-model control), one Euler step from it noised at t0 0.9, and keep "
-               "the network's frequencies below a 2-voxel Gaussian low-pass with the start's finer detail: on "
-               "held-out IXI-HH subjects 1-3 with known scanner changes (benchmarks/real_traveling.py), with a model "
-               "trained on changed starts (bhd-train --altered-start-fraction), 0.5-0.8 dB ahead of one Euler step "
-               "from the histogram-matched source followed by the NCC refinement (the earlier default), which gave "
-               "the network's work back to the source; T2w (contrast conversion, section 4.8): from noise, 2 "
-               "midpoint steps, no refinement, 4 averaged draws (1.0-1.5 dB over one draw); see BENCHMARKS.md")
+               "the network's frequencies below a Gaussian low-pass of 2 voxels of the model's grid with the start's "
+               "finer detail: on held-out IXI-HH subjects 1-3 with known scanner changes (benchmarks/real_traveling.py), "
+               "with a model trained on changed starts (bhd-train --altered-start-fraction), 0.5-0.8 dB ahead of one "
+               "Euler step from the histogram-matched source followed by the NCC refinement (the earlier default), "
+               "which gave the network's work back to the source; 2 voxels was within 0.1 dB of the best width for "
+               "the harmonization-grid and the 2x coarser grid (benchmarks/coarse_grid.py); T2w (contrast conversion, "
+               "section 4.8): from noise, 2 midpoint steps, no refinement, 4 averaged draws (1.0-1.5 dB over one "
+               "draw); see BENCHMARKS.md")
 
 
 def preset(suffix: str) -> HarmonizationSettings:
@@ -111,7 +113,9 @@ class TrainingSettings:
     patches are multi-stride patches; ``late_time_fraction`` of the training times are drawn from
     U(0.5, 1) instead of U(0, 1); ``altered_start_fraction`` of the patches start from a copy with
     random scanner-like changes, at t ~ U(``altered_start_times``) (``training.scanner_changes``;
-    image parameterization). The defaults are a CPU recipe; ``PAPER_TRAINING`` is the paper's
+    image parameterization). ``grid_factor`` 2 trains on the harmonization grid averaged over 2x2x2
+    blocks (``method.grid``: 2.4 mm, so a patch holds 8x the anatomy; harmonization then draws there and
+    keeps the draw's low frequencies). The defaults are a CPU recipe; ``PAPER_TRAINING`` is the paper's
     configuration (section 4.2), for a GPU.
     """
 
@@ -125,6 +129,7 @@ class TrainingSettings:
     late_time_fraction: float = 0.0
     altered_start_fraction: float = 0.0
     altered_start_times: tuple[float, float] = (0.8, 0.95)
+    grid_factor: int = 1
     ema_decay: float = 0.999
     seed: int = 0
     checkpoint_every_s: float = 300.0

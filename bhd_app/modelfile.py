@@ -89,4 +89,4 @@ def load_model(path: Path | None = None, device: torch.device | str = "cpu") -> 
         net = net.to(memory_format=torch.channels_last_3d)
     spectrum = blob["target_spectrum"].numpy() if "target_spectrum" in blob else None
     return HarmonizationModel(net, blob["parameterization"], blob["target_quantiles"].numpy(), card, path,
-                              digest, device, spectrum)
+                              digest, device, spectrum, card.get("training", {}).get("grid_factor", 1))

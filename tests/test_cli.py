@@ -63,6 +63,17 @@ def test_the_model_card_states_the_participant_level_defaults(tmp_path):
         assert {key: used[key] for key in card["defaults"][suffix]} == card["defaults"][suffix], suffix
 
 
+def test_every_shipped_model_loads_with_a_card_of_todays_defaults_and_its_training_data_credited():
+    from bhd_app.modelfile import load_model
+
+    for name in config.SHIPPED_MODELS:
+        model = load_model(config.shipped_model_path(name))
+        assert model.card["defaults"] == config.card_defaults(), name
+        assert model.grid_factor == model.card["training"].get("grid_factor", 1) in (1, 2), name
+        if "IXI" in json.dumps(model.card["training_data"]):
+            assert "IXI" in model.card["credit"] and "CC BY-SA" in model.card["license"], name
+
+
 def test_help_states_the_contrast_dependent_defaults_without_none(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--help"])

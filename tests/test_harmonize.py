@@ -92,6 +92,14 @@ def test_load_round_trip_reproduces_the_output(saved):
     assert out.min() >= 0 and out.max() <= 1 and out.std() > 0.01
 
 
+def test_a_model_trained_on_the_coarse_grid_loads_with_its_grid(tmp_path):
+    path = tmp_path / "coarse.pt"
+    save_model(path, random_net(1), "image", np.linspace(0, 1, 11, dtype=np.float32), {"training": {"grid_factor": 2}})
+    assert load_model(path).grid_factor == 2
+    save_model(path, random_net(1), "image", np.linspace(0, 1, 11, dtype=np.float32), {"training": {}})
+    assert load_model(path).grid_factor == 1
+
+
 def test_tampered_model_file_is_refused(saved):
     path = saved[0]
     data = bytearray(path.read_bytes())
@@ -188,6 +196,32 @@ def test_start_time_mixes_the_start_image_into_the_noise(small_subject, start_fr
     expected = from_flow_space(0.7 * to_flow_space(torch.from_numpy(start)) + 0.3 * noise).numpy()
     expected[mask == 0] = 0
     np.testing.assert_allclose(out["generated"], expected, atol=1e-6)
+
+
+def test_a_coarse_grid_model_draws_there_from_the_coarsened_start_and_returns_to_the_harmonization_grid(
+        small_subject):
+    """grid_factor 2, zero velocity: the draw is x_t0 on the 16^3 block-mean grid, interpolated back to 32^3; the
+    edge map is the coarse source's, each coarse voxel repeated over its block."""
+    from bhd_app.method.edges import canny_edges
+    from bhd_app.method.grid import coarsen, refine_grid
+    from bhd_app.method.refinement import frequency_split
+
+    source, mask = small_subject["vision15t"], small_subject["mask"]
+    model = in_memory(random_net(4, zero_head=True))
+    model.grid_factor = 2
+    out = harmonize(model, source, mask, steps=1, start_time=0.7, start_from="source", refinement="none", seed=5)
+    noise = torch.randn((1, 1, 16, 16, 16), generator=torch.Generator().manual_seed(5))[0, 0]
+    coarse = from_flow_space(0.7 * to_flow_space(torch.from_numpy(coarsen(source, 2))) + 0.3 * noise).numpy()
+    expected = refine_grid(coarse, source.shape, 2)
+    expected[mask == 0] = 0
+    assert out["generated"].shape == source.shape
+    np.testing.assert_allclose(out["generated"], expected, atol=1e-6)
+    edges = canny_edges(coarsen(source, 2))[0]
+    np.testing.assert_array_equal(out["edge_map"], edges.repeat(2, 0).repeat(2, 1).repeat(2, 2))
+    # The split's width is in voxels of the model's grid: 1.5 coarse voxels are 3 voxels of the harmonization grid.
+    split = harmonize(model, source, mask, steps=1, start_time=0.7, start_from="source", refinement="split",
+                      refine_reference="source", split_sigma=1.5, seed=5)
+    np.testing.assert_allclose(split["harmonized"], frequency_split(out["generated"], source, mask, 3.0), atol=1e-6)
 
 
 def test_samples_average_the_draws_of_consecutive_seeds(small_subject):

@@ -243,6 +243,8 @@ def test_resume_with_another_network_is_refused(target, tmp_path):
     with pytest.raises(ValueError, match="another network"):
         Trainer(tiny_config(unet=UNetConfig(base_width=8, time_dim=16)), crop_sampler(target), tmp_path,
                 torch.device("cpu"))
+    with pytest.raises(ValueError, match="another network"):  # the same network on another grid
+        Trainer(tiny_config(grid_factor=2), crop_sampler(target), tmp_path, torch.device("cpu"))
 
 
 def test_ema_follows_the_weights(target, tmp_path):
@@ -270,10 +272,10 @@ def test_training_defaults_are_defined_once():
     assert training_settings(build_parser().parse_args(["run", "--synthetic", "1"])) == TRAINING
     assert TrainConfig.from_settings(TRAINING) == TrainConfig()
     args = build_parser().parse_args(["run", "--synthetic", "1", "--lr", "1e-4", "--width", "8",
-                                      "--late-time-fraction", "0.5", "--checkpoint-minutes", "1"])
+                                      "--late-time-fraction", "0.5", "--checkpoint-minutes", "1", "--grid-factor", "2"])
     config = TrainConfig.from_settings(training_settings(args))
-    assert (config.learning_rate, config.unet.base_width, config.late_time_fraction, config.checkpoint_every_s) == (
-        1e-4, 8, 0.5, 60.0)
+    assert (config.learning_rate, config.unet.base_width, config.late_time_fraction, config.checkpoint_every_s,
+            config.grid_factor) == (1e-4, 8, 0.5, 60.0, 2)
     assert config.patch_size == TRAINING.patch_size and config.parameterization == TRAINING.parameterization
 
 

@@ -118,8 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--refine-region", choices=("brain", "volume"), default=_default("refine_region"),
                    help="voxels the NCC/MI refinement sees and changes" + _note("refine_region"))
     g.add_argument("--split-sigma", type=float, default=_default("split_sigma"),
-                   help="--refinement split: the Gaussian low-pass (voxels) below which the edge-to-image output "
-                        "is kept; the reference supplies the frequencies above it" + _note("split_sigma"))
+                   help="--refinement split: the Gaussian low-pass (voxels of the model's grid: 1.2 mm, or 2.4 mm for "
+                        "ixi-hh-coarse) below which the edge-to-image output is kept; the reference supplies the "
+                        "frequencies above it" + _note("split_sigma"))
     g.add_argument("--refine-reference", choices=REFINE_REFERENCES, default=_default("refine_reference"),
                    help="the image the refinement uses: the source (paper), the source matched to the target "
                         "histogram, or the start image (--start-from)" + _note("refine_reference"))

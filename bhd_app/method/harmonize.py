@@ -19,6 +19,7 @@ from ..errors import BHDInputError
 from .baselines import histogram_matching
 from .edges import canny_edges
 from .flow import from_flow_space, sample, to_flow_space
+from .grid import coarsen, coarsen_mask, refine_grid
 from .model import EdgeToImageUNet, coordinate_grid
 from .refinement import refine
 
@@ -35,6 +36,7 @@ class HarmonizationModel:
     sha256: str
     device: torch.device
     target_spectrum: np.ndarray | None = None  # SSIMH's low-frequency DCT block of the target average
+    grid_factor: int = 1  # the model's grid: 1, the harmonization grid; 2, twice as coarse (``method.grid``)
 
     def ssimh_spectrum(self) -> np.ndarray:
         """The target spectrum that ``--method ssimh`` needs; a one-line error for models saved without it."""
@@ -42,6 +44,12 @@ class HarmonizationModel:
             raise BHDInputError(f"{self.path}: this model stores no target spectrum for --method ssimh; "
                                 "re-export it with bhd-train or choose another method")
         return self.target_spectrum
+
+
+def model_grid(model: HarmonizationModel, source: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``source`` and ``mask`` (D, H, W) on the model's grid (``method.grid``), where its edge map is made."""
+    multiple = model.net.config.downsampling_factor
+    return coarsen(source, model.grid_factor, multiple), coarsen_mask(mask, model.grid_factor, multiple)
 
 
 def generate(model: HarmonizationModel, edge_map: np.ndarray, *, steps: int = T1W.steps, solver: str = T1W.solver,
@@ -84,10 +92,11 @@ def harmonize(model: HarmonizationModel, source: np.ndarray, mask: np.ndarray,
     ``samples`` > 1 averages that many draws (seeds ``seed``, ``seed + 1``, ...), an estimate of the
     posterior mean given the edge map; the refinement then uses ``refine_reference`` (the source, the
     paper's choice; its histogram-matched version; or the start image). ``edge_map`` replaces the
-    condition (default: the source's Canny edge map, section 3.2), e.g. by random edges for Table
-    S3's unconditional variant.
+    condition on the model's grid (default: the Canny edge map of the source there, section 3.2; ``model_grid``),
+    e.g. by random edges for Table S3's unconditional variant. A coarse-grid model draws on its grid, from the
+    start image taken there, and its draws are interpolated back to the harmonization grid.
 
-    Returns the edge map, the edge-to-image output (``generated``), the refined image
+    Returns the edge map (on the harmonization grid), the edge-to-image output (``generated``), the refined image
     (``harmonized``), the refinement's similarity history and ``uncertainty``: the per-voxel
     standard deviation over the draws (D, H, W), zero outside the mask; None when ``samples`` is 1.
     """
@@ -97,14 +106,16 @@ def harmonize(model: HarmonizationModel, source: np.ndarray, mask: np.ndarray,
     if s.start_from not in START_FROM:
         raise ValueError(f"unknown start image {s.start_from!r}; choose from {START_FROM}")
     if edge_map is None:
-        edge_map, _ = canny_edges(source)
+        edge_map, _ = canny_edges(model_grid(model, source, mask)[0])
     matched = histogram_matching(source, mask, model.target_quantiles)
     images = {"source": source, "histmatch": matched}
     if s.start_from == "refined":  # the best no-model control: histogram matching + the paper's NCC refinement
         images["refined"] = refined_start(matched, source, mask, s)
     images["start"] = images[s.start_from]
-    draws = [generate(model, edge_map, steps=s.steps, solver=s.solver, start_time=s.start_time,
-                      start_image=images["start"] if s.start_time > 0 else None, seed=s.seed + k)
+    factor, multiple = model.grid_factor, model.net.config.downsampling_factor
+    start = coarsen(images["start"], factor, multiple) if s.start_time > 0 else None
+    draws = [refine_grid(generate(model, edge_map, steps=s.steps, solver=s.solver, start_time=s.start_time,
+                                  start_image=start, seed=s.seed + k), source.shape, factor)
              for k in range(s.samples)]
     generated = draws[0] if s.samples == 1 else np.mean(draws, axis=0, dtype=np.float32)
     generated[mask == 0] = 0
@@ -113,7 +124,7 @@ def harmonize(model: HarmonizationModel, source: np.ndarray, mask: np.ndarray,
         uncertainty[mask == 0] = 0
     reference = images[s.refine_reference]
     harmonized, history = refine(generated, reference, mask, s.refinement, s.refine_step, s.refine_iterations,
-                                 s.refine_region, s.refine_step_rule, s.split_sigma)
+                                 s.refine_region, s.refine_step_rule, s.split_sigma * factor)
     harmonized[mask == 0] = 0
-    return {"edge_map": edge_map, "generated": generated, "harmonized": harmonized, "refinement_history": history,
-            "uncertainty": uncertainty}
+    return {"edge_map": refine_grid(edge_map, source.shape, factor, order=0), "generated": generated,
+            "harmonized": harmonized, "refinement_history": history, "uncertainty": uncertainty}

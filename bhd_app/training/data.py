@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import BHDInputError
 from ..method.edges import canny_edges
+from ..method.grid import coarsen
 
 SYNTHETIC_SEED0 = 1000
 CACHE_FORMAT = 2  # cropped uint8 images, packed masks and edge maps
@@ -86,6 +87,16 @@ def bids_target_data(bids_dir: Path, labels, work_dir: Path, nprocs: int = 1, mi
             "acknowledgements": dataset.get("Acknowledgements"), "subjects": len({j.subject for j in jobs}),
             "images": [j.path.name for j in jobs]}
     return images, masks, edges, desc
+
+
+def on_model_grid(images: list[np.ndarray], edges: list[np.ndarray], factor: int,
+                  multiple: int = 8) -> tuple[list, list]:
+    """The training images (D, H, W each) and their edge maps on the model's grid (``method.grid``): block means,
+    and edge maps found anew there, as harmonization finds them. ``factor`` 1 returns the inputs."""
+    if factor == 1:
+        return images, edges
+    coarse = [coarsen(image, factor, multiple) for image in images]
+    return coarse, [canny_edges(image)[0] for image in coarse]
 
 
 def save_cache(path: Path, images: list[np.ndarray], masks: list[np.ndarray], edges: list[np.ndarray],

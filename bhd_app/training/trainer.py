@@ -51,6 +51,7 @@ class TrainConfig:
     late_time_fraction: float = TRAINING.late_time_fraction  # share of t ~ U(0.5, 1) (flow.training_times)
     altered_start_fraction: float = TRAINING.altered_start_fraction  # share starting from a changed copy
     altered_start_times: tuple[float, float] = TRAINING.altered_start_times
+    grid_factor: int = TRAINING.grid_factor  # the model's grid (method.grid); the sampler's volumes are on it
     ema_decay: float = TRAINING.ema_decay
     seed: int = TRAINING.seed
     checkpoint_every_s: float = TRAINING.checkpoint_every_s
@@ -175,10 +176,15 @@ class Trainer:
         elif dist.is_main:
             (self.run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
 
+    def _same_model(self, saved: TrainConfig) -> bool:
+        """Whether a saved run trained the same network, parameterization and grid as this one."""
+        return (saved.unet, saved.parameterization, saved.grid_factor) == (
+            self.config.unet, self.config.parameterization, self.config.grid_factor)
+
     def _resume(self) -> None:
         state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
         saved = TrainConfig.from_dict(state["config"])
-        if saved.unet != self.config.unet or saved.parameterization != self.config.parameterization:
+        if not self._same_model(saved):
             raise ValueError(f"{self.checkpoint_path}: checkpoint was made with another network; use a new run dir")
         self.net.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
@@ -202,7 +208,7 @@ class Trainer:
         """Start from a compact state (and the EMA weights, when given); fresh optimizer, short warm-up."""
         state = torch.load(path, map_location=self.device, weights_only=True)
         saved = TrainConfig.from_dict(state["config"])
-        if saved.unet != self.config.unet or saved.parameterization != self.config.parameterization:
+        if not self._same_model(saved):
             raise ValueError(f"{path}: state was made with another network")
         self.net.load_state_dict({k: v.float() for k, v in state["model"].items()})
         self.ema.load_state_dict(ema_state if ema_state is not None else self.net.state_dict())

@@ -28,7 +28,8 @@ from ..evaluation.metrics import fidelity, lesion_contrast
 from ..evaluation.simulation import PROTOCOLS, TARGET_PROTOCOL, Anatomy, make_anatomy, render_on_grid
 from ..method.baselines import histogram_matching
 from ..method.edges import canny_edges
-from ..method.harmonize import HarmonizationModel, generate, harmonize, refined_start
+from ..method.grid import refine_grid
+from ..method.harmonize import HarmonizationModel, generate, harmonize, model_grid, refined_start
 from ..pipeline.templates import Grid, harmonization_grid
 
 if TYPE_CHECKING:
@@ -115,8 +116,9 @@ def score_with_lesion(image: np.ndarray, subject: TravelingSubject) -> tuple[flo
 def reconstruction_score(model: HarmonizationModel, subject: TravelingSubject) -> tuple[float, float, float]:
     """The target render regenerated from its own edge map from pure noise (2 midpoint steps), scored (S4.1):
     PSNR, SSIM and lesion contrast error, as ``score_with_lesion``."""
-    edge_map, _ = canny_edges(subject.target)
-    image = generate(model, edge_map, steps=2, start_time=0.0, seed=0)
+    edge_map, _ = canny_edges(model_grid(model, subject.target, subject.mask)[0])
+    image = refine_grid(generate(model, edge_map, steps=2, start_time=0.0, seed=0), subject.target.shape,
+                        model.grid_factor)
     image[subject.mask == 0] = 0
     return score_with_lesion(image, subject)
 
@@ -163,7 +165,7 @@ class Validator:
             return
         self.last = time.monotonic()
         model = HarmonizationModel(trainer.ema, trainer.config.parameterization, self.quantiles, {}, Path("ema"),
-                                   "", trainer.device)
+                                   "", trainer.device, grid_factor=trainer.config.grid_factor)
         for settings in self.settings:
             rows = validate(model, self.subjects, settings)
             new = not self.log.exists()
