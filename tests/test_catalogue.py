@@ -306,11 +306,14 @@ def test_train_refuses_a_data_cache_that_holds_the_validation_subjects(tmp_path,
 
 
 @pytest.mark.slow
-def test_train_validates_on_held_out_subjects_of_the_target(examples, tmp_path):
+@pytest.mark.parametrize("grid_factor", [1, 2])
+def test_train_validates_on_held_out_subjects_of_the_target(examples, tmp_path, grid_factor):
     """--validation-label: those subjects are preprocessed into validation.npz, never trained on, and each
-    checkpoint's validation scores them altered by the known scanners (one row per image and scanner)."""
+    checkpoint's validation scores them altered by the known scanners (one row per image and scanner); on the
+    coarse grid too (--grid-factor 2), whose exported model loads with its grid."""
     import csv
 
+    from bhd_app.modelfile import load_model
     from bhd_app.training.data import load_cache
     from bhd_app.training.validation import VALIDATION_ALTERATIONS
 
@@ -319,7 +322,9 @@ def test_train_validates_on_held_out_subjects_of_the_target(examples, tmp_path):
     run = tmp_path / "run"
     assert train.main([str(run), "--bids-dir", str(ds), "--validation-label", "03", "--steps", "2",
                        "--checkpoint-minutes", "0", "--validate-minutes", "0.001", "--device", "cpu",
-                       "--width", "4", "--patch-size", "16", "--batch-size", "1"]) == 0
+                       "--width", "4", "--patch-size", "16", "--batch-size", "1", "--grid-factor", str(grid_factor),
+                       "--export", str(run / "model.pt")]) == 0
+    assert load_model(run / "model.pt").grid_factor == grid_factor
     assert [name.split("_")[0] for name in load_cache(run / "data.npz")[3]["images"]] == ["sub-01", "sub-02"]
     assert [name.split("_")[0] for name in load_cache(run / "validation.npz")[3]["images"]] == ["sub-03"]
     with open(run / "validation.tsv") as f:
