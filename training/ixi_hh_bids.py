@@ -5,7 +5,7 @@ CC BY-SA 3.0) from ``../shared/data/IXI-HH``. The 16 held-out subjects are a fix
 (seed 0) over the sorted subject IDs; they are never trained on and serve validation and the
 real-anatomy traveling-subject test. Images are symbolic links to the shared files.
 
-    python training/ixi_hh_bids.py work/ixi-hh      # -> work/ixi-hh/train, work/ixi-hh/heldout
+    python training/ixi_hh_bids.py work/ixi-hh      # -> work/ixi-hh/train, work/ixi-hh/heldout, work/ixi-hh/all
 """
 
 from __future__ import annotations
@@ -67,6 +67,8 @@ def main(argv=None) -> int:
     train, heldout = split(list(files))
     write_dataset(args.out_dir / "train", {s: files[s] for s in train}, "IXI-HH target domain (training)")
     write_dataset(args.out_dir / "heldout", {s: files[s] for s in heldout}, "IXI-HH target domain (held out)")
+    write_dataset(args.out_dir / "all", files, "IXI-HH target domain (all; bhd-train --validation-label picks the "
+                  "held-out subjects from it)")
     print(f"{len(train)} training and {len(heldout)} held-out subjects under {args.out_dir}")
     return 0
 
