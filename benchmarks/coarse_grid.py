@@ -38,7 +38,7 @@ from bhd_app.modelfile import load_model
 from bhd_app.training.data import load_cache, on_model_grid, save_cache
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real_traveling import HELDOUT, TARGET_DATA, controls, scored, tables, target_statistics  # noqa: E402
+from real_traveling import HELDOUT, TARGET_DATA, controls, scored, target_statistics, write_tables  # noqa: E402
 
 FACTOR = 2
 
@@ -89,8 +89,7 @@ def score(args) -> int:
             print(f"{subject} {name}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
             rows = scored(rows, subject, name, outs, truth, masks[k], lesion, shell)
             results.write_text(json.dumps({"rows": rows, "heldout": desc["dataset"]}, indent=1))
-    (args.out_dir / "tables.md").write_text(tables(rows))
-    print(tables(rows))
+    write_tables(args.out_dir, rows)
     return 0
 
 

@@ -151,8 +151,7 @@ def main(argv=None) -> int:
                 print(f"{subject} {name} {label}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
             rows = scored(rows, subject, name, outs, truth, masks[k], lesion, shell)
             results.write_text(json.dumps({"rows": rows, "heldout": desc["dataset"]}, indent=1))
-    (args.out_dir / "tables.md").write_text(tables(rows))
-    print(tables(rows))
+    write_tables(args.out_dir, rows)
     return 0
 
 
@@ -184,6 +183,12 @@ def target_statistics(cache: Path) -> tuple[np.ndarray, np.ndarray]:
     """The target-domain histogram and low-frequency spectrum of the training images (what a model file stores)."""
     images, masks, _, _ = load_cache(cache)
     return target_quantiles(images, masks), target_spectrum(images)
+
+
+def write_tables(out_dir: Path, rows: list[dict]) -> None:
+    """OUT_DIR/tables.md from the rows (``tables``), also printed."""
+    (out_dir / "tables.md").write_text(tables(rows))
+    print(tables(rows))
 
 
 def tables(rows: list[dict]) -> str:

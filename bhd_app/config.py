@@ -32,8 +32,8 @@ class HarmonizationSettings:
     that version after the paper's NCC refinement towards the source (the refine_step fields).
     ``samples`` edge-to-image draws are averaged before the refinement, which climbs the NCC (or
     MI) with ``refine_reference`` (``refine_step_rule`` says what ``refine_step`` means), or
-    (``split``) keeps the draw's low frequencies below ``split_sigma`` voxels of the model's grid and the reference's
-    high frequencies (``refinement.refine``); the reference ``start`` is the start image.
+    (``split``) keeps the draw's low frequencies below ``split_sigma`` voxels of the model's grid and the
+    reference's high frequencies (``refinement.refine``); the reference ``start`` is the start image.
     ``native`` says how the native-grid image is made: ``change`` adds the change made on the grid
     to the input at its own resolution (finer detail kept); ``resample`` resamples the harmonized
     grid image (contrast conversion, where the input's own detail has the other contrast).
@@ -66,8 +66,8 @@ class HarmonizationSettings:
 
 # T1w inputs: harmonization. The start is the best no-model control (histogram matching, then the paper's
 # NCC refinement towards the source); one Euler step from it, noised at t0 0.9, gives the network's
-# clean-image estimate, whose low frequencies (below 2 voxels of the model's grid) replace the start's. T2w inputs: contrast
-# conversion to the T1w target (section 4.8): from noise along the whole path (2 midpoint steps, S3.1's
+# clean-image estimate, whose low frequencies (below 2 voxels of the model's grid) replace the start's. T2w inputs:
+# contrast conversion to the T1w target (section 4.8): from noise along the whole path (2 midpoint steps, S3.1's
 # solver), no refinement (T1w and T2w correlate too little), 4 averaged draws.
 T1W = HarmonizationSettings()
 CONTRAST_CONVERSION = replace(T1W, start_time=0.0, steps=2, solver="midpoint", samples=4, refinement="none",
@@ -80,7 +80,8 @@ CONTRAST_DEPENDENT = tuple(f.name for f in fields(HarmonizationSettings)
 PRESETS_WHY = ("T1w: start from histogram matching refined by the paper's NCC step towards the source (x += 0.02 N "
                "grad, 6 iterations; the best no-model control), one Euler step from it noised at t0 0.9, and keep "
                "the network's frequencies below a Gaussian low-pass of 2 voxels of the model's grid with the start's "
-               "finer detail: on held-out IXI-HH subjects 1-3 with known scanner changes (benchmarks/real_traveling.py), "
+               "finer detail: on held-out IXI-HH subjects 1-3 with known scanner changes "
+               "(benchmarks/real_traveling.py), "
                "with a model trained on changed starts (bhd-train --altered-start-fraction), 0.5-0.8 dB ahead of one "
                "Euler step from the histogram-matched source followed by the NCC refinement (the earlier default), "
                "which gave the network's work back to the source; 2 voxels was within 0.1 dB of the best width for "
