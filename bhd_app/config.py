@@ -13,7 +13,7 @@ from pathlib import Path
 
 # The shipped models, by the name --model accepts; each card states its target domain.
 SHIPPED_MODELS = {"simulated-trio": "bhd_default.pt", "ixi-hh": "bhd_ixihh.pt", "ixi-hh-coarse": "bhd_ixihh_coarse.pt"}
-DEFAULT_MODEL = "ixi-hh"
+DEFAULT_MODEL = "ixi-hh-coarse"
 METHODS = ("bhd", "histmatch", "ssimh", "none")
 SOLVERS = ("euler", "midpoint", "rk4", "dopri5")
 REFINEMENTS = ("ncc", "mi", "split", "none")
@@ -42,7 +42,7 @@ class HarmonizationSettings:
     method: str = "bhd"
     steps: int = 1
     solver: str = "euler"
-    start_time: float = 0.9
+    start_time: float = 0.1
     start_from: str = "refined"
     samples: int = 1
     refinement: str = "split"
@@ -51,7 +51,7 @@ class HarmonizationSettings:
     refine_iterations: int = 6
     refine_region: str = "brain"
     refine_reference: str = "start"
-    split_sigma: float = 2.0
+    split_sigma: float = 8.0
     native: str = "change"
     seed: int = 0
 
@@ -65,10 +65,10 @@ class HarmonizationSettings:
 
 
 # T1w inputs: harmonization. The start is the best no-model control (histogram matching, then the paper's
-# NCC refinement towards the source); one Euler step from it, noised at t0 0.9, gives the network's
-# clean-image estimate, whose low frequencies (below 2 voxels of the model's grid) replace the start's. T2w inputs:
-# contrast conversion to the T1w target (section 4.8): from noise along the whole path (2 midpoint steps, S3.1's
-# solver), no refinement (T1w and T2w correlate too little), 4 averaged draws.
+# NCC refinement towards the source), noised at t0 0.1, so the edge map carries the image's structure; one Euler
+# step gives the network's clean-image estimate, whose low frequencies (below 8 voxels of the model's grid)
+# replace the start's. T2w inputs: contrast conversion to the T1w target (section 4.8): from noise along the whole
+# path (2 midpoint steps, S3.1's solver), no refinement (T1w and T2w correlate too little), 4 averaged draws.
 T1W = HarmonizationSettings()
 CONTRAST_CONVERSION = replace(T1W, start_time=0.0, steps=2, solver="midpoint", samples=4, refinement="none",
                               native="resample")
@@ -78,16 +78,14 @@ CONTRAST_DEPENDENT = tuple(f.name for f in fields(HarmonizationSettings)
                            if getattr(T1W, f.name) != getattr(CONTRAST_CONVERSION, f.name))
 # Why the presets are what they are, for the model card.
 PRESETS_WHY = ("T1w: start from histogram matching refined by the paper's NCC step towards the source (x += 0.02 N "
-               "grad, 6 iterations; the best no-model control), one Euler step from it noised at t0 0.9, and keep "
-               "the network's frequencies below a Gaussian low-pass of 2 voxels of the model's grid with the start's "
-               "finer detail: on held-out IXI-HH subjects 1-3 with known scanner changes "
-               "(benchmarks/real_traveling.py), "
-               "with a model trained on changed starts (bhd-train --altered-start-fraction), 0.5-0.8 dB ahead of one "
-               "Euler step from the histogram-matched source followed by the NCC refinement (the earlier default), "
-               "which gave the network's work back to the source; 2 voxels was within 0.1 dB of the best width for "
-               "the harmonization-grid and the 2x coarser grid (benchmarks/coarse_grid.py); T2w (contrast conversion, "
-               "section 4.8): from noise, 2 midpoint steps, no refinement, 4 averaged draws (1.0-1.5 dB over one "
-               "draw); see BENCHMARKS.md")
+               "grad, 6 iterations; the best no-model control), one Euler step from it noised at t0 0.1, and keep "
+               "the network's frequencies below a Gaussian low-pass of 8 voxels of the model's grid with the start's "
+               "finer detail: chosen with the ixi-hh-coarse model on held-out IXI-HH subjects 1-3 with known scanner "
+               "changes by the margin over the best no-model control, random edges included "
+               "(benchmarks/edge_share.py); from t0 0.9 the network only denoises the start and scores the same with "
+               "random edges, from t0 0.1 the edge map carries 1-6 dB; T2w (contrast conversion, section 4.8): from "
+               "noise, 2 midpoint steps, no refinement, 4 averaged draws (1.0-1.5 dB over one draw); see "
+               "BENCHMARKS.md")
 
 
 def preset(suffix: str) -> HarmonizationSettings:

@@ -229,7 +229,7 @@ def test_methods_text_names_the_settings_the_model_and_the_references():
     text = methods_text(settings, "bhd_default.pt", "ab" * 32, {"bhd": "0.1.0", "antspyx": "0.5.4", "nipype": "1.9"},
                         "auto")
     assert "ab" * 32 in text and "bhd_default.pt" in text and "4 averaged draws" in text and "uncertainty map" in text
-    assert "euler solver, 1 step, starting at t0 = 0.9" in text and "N4" in text and "deepbet" in text
+    assert f"euler solver, 1 step, starting at t0 = {T1W.start_time:g}" in text and "N4" in text and "deepbet" in text
     t2w = methods_text({"T2w": CONTRAST_CONVERSION.to_dict()}, "bhd_default.pt", "ab" * 32, {}, "auto")
     assert "midpoint solver, 2 steps, from pure noise" in t2w
     for ref in ("Jeong H, Lee H, Chun SY, Lee J", "Avants", "Gorgolewski", "Yarkoni", "Fisch"):

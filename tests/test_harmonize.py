@@ -317,3 +317,24 @@ def test_the_method_imports_nothing_of_bids_nifti_or_the_pipeline():
     loaded = subprocess.run([sys.executable, "-c", code_pipeline], capture_output=True, text=True, check=True,
                             env=env)
     assert "nibabel" in loaded.stdout.split()
+
+
+def test_at_the_defaults_the_default_models_image_depends_on_the_edge_map(subject):
+    """The T1w defaults start early (t0 0.1), so the image's coarse tissue contrast comes from the edge map: random
+    edges change the default model's output several times more than when it starts late (t0 0.9), where the
+    network only denoises the start (BENCHMARKS.md, "what the edge map carries at each start time")."""
+    from bhd_app.config import default_model_path
+    from bhd_app.method.baselines import random_edges
+    from bhd_app.method.harmonize import model_grid
+
+    model = load_model(default_model_path())
+    source, mask = subject.image("vision15t"), subject.mask
+    inside = mask > 0
+    edges = random_edges(*model_grid(model, source, mask), 0)
+
+    def random_edges_change(**settings) -> float:
+        real = harmonize(model, source, mask, **settings)["harmonized"]
+        fake = harmonize(model, source, mask, edge_map=edges, **settings)["harmonized"]
+        return float(np.sqrt(np.mean((real - fake)[inside] ** 2)))
+
+    assert random_edges_change() > 3 * random_edges_change(start_time=0.9, split_sigma=2.0)
