@@ -57,6 +57,17 @@ def save_model(path: Path, net: EdgeToImageUNet, parameterization: str, target_q
     return card
 
 
+def check_model_file(path: Path | None = None) -> HarmonizationModel:
+    """``load_model`` on one thread, for a process that forks workers afterwards: no OpenMP thread pool is started
+    before the fork (libgomp's pool does not survive it, and a worker's first parallel region would hang)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return load_model(path, "cpu")
+    finally:
+        torch.set_num_threads(threads)
+
+
 def load_model(path: Path | None = None, device: torch.device | str = "cpu") -> HarmonizationModel:
     """Load a model file, checking its sha256 against the model card beside it (weights only, no pickle)."""
     path = Path(path) if path else default_model_path()

@@ -338,3 +338,33 @@ def test_at_the_defaults_the_default_models_image_depends_on_the_edge_map(subjec
         return float(np.sqrt(np.mean((real - fake)[inside] ** 2)))
 
     assert random_edges_change() > 3 * random_edges_change(start_time=0.9, split_sigma=2.0)
+
+
+def _conv_on_two_threads(queue) -> None:
+    torch.set_num_threads(2)
+    x = torch.randn(1, 64, 64, 64, 64)
+    queue.put(float(torch.nn.functional.conv3d(x, torch.randn(8, 64, 3, 3, 3)).abs().mean()))
+
+
+def test_a_worker_forked_after_the_model_check_runs_torch_on_several_threads():
+    """bhd-app checks the model in the parent and then forks its job processes (nipype MultiProc): the check must
+    not start an OpenMP pool there, or a job on more than one thread hangs in its first parallel region."""
+    import multiprocessing
+
+    from bhd_app.modelfile import check_model_file
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # as bhd-app runs on a machine of several cores (the tests run on one thread)
+    try:
+        check_model_file()
+    finally:
+        torch.set_num_threads(threads)
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    worker = context.Process(target=_conv_on_two_threads, args=(queue,))
+    worker.start()
+    worker.join(60)
+    hung = worker.is_alive()
+    if hung:
+        worker.kill()
+    assert not hung and worker.exitcode == 0 and queue.get(timeout=5) > 0

@@ -104,7 +104,7 @@ def plugin_arguments(text: str | None) -> dict:
 
 
 def run_participant(args) -> int:
-    from ..modelfile import load_model, select_device
+    from ..modelfile import check_model_file, select_device
     from ..pipeline.bids import (check_output_dir, collect_jobs, load_bids_filters, load_layout,
                                  write_dataset_description)
     from ..pipeline.boilerplate import write_methods
@@ -129,7 +129,7 @@ def run_participant(args) -> int:
                             ".json card, written by bhd-train)")
     model_sha256 = None
     if args.method != "none":
-        model = load_model(args.model, "cpu")  # checks the model file and its sha256 once, before any job starts
+        model = check_model_file(args.model)  # the model file and its sha256, once, before any job starts
         model_sha256 = model.sha256
         if args.method == "ssimh":
             model.ssimh_spectrum()  # a model saved without it is refused before any job starts
