@@ -32,7 +32,7 @@ from bhd_app.config import T1W, preset
 from bhd_app.evaluation.alterations import SOURCES, draw_lesions
 from bhd_app.method.baselines import histogram_matching, random_edges
 from bhd_app.method.grid import coarsen_mask
-from bhd_app.method.harmonize import harmonize, model_grid, refined_start
+from bhd_app.method.harmonize import at_model_resolution, harmonize, model_grid, refined_start
 from bhd_app.method.refinement import frequency_split
 from bhd_app.modelfile import load_model
 from bhd_app.training.data import load_cache, on_model_grid, save_cache
@@ -85,7 +85,7 @@ def score(args) -> int:
                     for sigma in args.split_sigmas if model is coarse else [T1W.split_sigma]:
                         row = label if sigma == T1W.split_sigma else f"{label}, split {sigma:g}"
                         outs[f"random edges ({row})" if random else row] = frequency_split(
-                            generated, start, masks[k], sigma)
+                            generated, start, masks[k], sigma, at_model_resolution(model, start))
             print(f"{subject} {name}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
             rows = scored(rows, subject, name, outs, truth, masks[k], lesion, shell)
             results.write_text(json.dumps({"rows": rows, "heldout": desc["dataset"]}, indent=1))

@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 from bhd_app.config import preset  # noqa: E402
 from bhd_app.evaluation.alterations import SOURCES, draw_lesions  # noqa: E402
 from bhd_app.method.baselines import random_edges  # noqa: E402
-from bhd_app.method.harmonize import harmonize, model_grid  # noqa: E402
+from bhd_app.method.harmonize import at_model_resolution, harmonize, model_grid  # noqa: E402
 from bhd_app.method.refinement import frequency_split  # noqa: E402
 from bhd_app.modelfile import load_model  # noqa: E402
 from bhd_app.training.data import load_cache  # noqa: E402
@@ -62,6 +62,7 @@ def score(args) -> int:
             t = time.perf_counter()
             outs = controls(source, masks[k], "T1w", model.target_quantiles, model.ssimh_spectrum())
             start = outs["histmatch + NCC"]  # the refined start, as harmonize makes it
+            seen = at_model_resolution(model, start)  # and as the model's grid holds it
             for t0 in args.start_times:
                 for random in (False, True):
                     edges = random_edges(*model_grid(model, source, masks[k]), k) if random else None
@@ -70,7 +71,7 @@ def score(args) -> int:
                     for sigma in args.split_sigmas:
                         row = label(t0, sigma)
                         outs[f"random edges ({row})" if random else row] = frequency_split(
-                            generated, start, masks[k], sigma)
+                            generated, start, masks[k], sigma, seen)
             print(f"{subject} {name}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
             rows = scored(rows, subject, name, outs, truth, masks[k], lesion, shell)
             results.write_text(json.dumps({"rows": rows, "model": str(args.model), "steps": args.steps,

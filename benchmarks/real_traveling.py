@@ -39,7 +39,7 @@ from bhd_app.evaluation.alterations import SOURCES, draw_lesions
 from bhd_app.method.baselines import (histogram_matching, random_edges, spectrum_swapping, target_quantiles,
                                target_spectrum)
 from bhd_app.config import T1W, preset
-from bhd_app.method.harmonize import harmonize, model_grid, refined_start
+from bhd_app.method.harmonize import at_model_resolution, harmonize, model_grid, refined_start
 from bhd_app.modelfile import load_model
 from bhd_app.evaluation.metrics import fidelity, lesion_contrast
 from bhd_app.method.refinement import refine
@@ -82,14 +82,15 @@ def model_outputs(model, name: str, source: np.ndarray, mask: np.ndarray, suffix
             out[f"{name}, paper step to {reference}"] = refine(result["generated"], image, mask, "ncc", 0.02, 6,
                                                                step_rule="paper")[0]
         if with_variants:  # the frequency split (refinement "split") of the default draw and of a draw from noise
+            seen = at_model_resolution(model, matched)
             for sigma in (4.0, 8.0):
                 out[f"{name}, split {sigma:g}"] = refine(result["generated"], matched, mask, "split",
-                                                         split_sigma=sigma)[0]
+                                                         split_sigma=sigma, reference_seen=seen)[0]
             from_noise = harmonize(model, source, mask, settings, seed=seed, start_time=0.0,
                                    refinement="none")["generated"]
             for sigma in (4.0, 8.0):
                 out[f"{name}, from noise + split {sigma:g}"] = refine(from_noise, matched, mask, "split",
-                                                                      split_sigma=sigma)[0]
+                                                                      split_sigma=sigma, reference_seen=seen)[0]
     if with_solvers and suffix == "T1w":
         out[f"{name}, 2 midpoint steps"] = harmonize(model, source, mask, settings, seed=seed, steps=2,
                                                      solver="midpoint")["harmonized"]

@@ -221,7 +221,20 @@ def test_a_coarse_grid_model_draws_there_from_the_coarsened_start_and_returns_to
     # The split's width is in voxels of the model's grid: 1.5 coarse voxels are 3 voxels of the harmonization grid.
     split = harmonize(model, source, mask, steps=1, start_time=0.7, start_from="source", refinement="split",
                       refine_reference="source", split_sigma=1.5, seed=5)
-    np.testing.assert_allclose(split["harmonized"], frequency_split(out["generated"], source, mask, 3.0), atol=1e-6)
+    expected = frequency_split(out["generated"], source, mask, 3.0, refine_grid(coarsen(source, 2), source.shape, 2))
+    np.testing.assert_allclose(split["harmonized"], expected, atol=1e-6)
+
+
+def test_a_coarse_grid_draw_that_returns_the_start_it_saw_leaves_the_start_unchanged(small_subject):
+    """Oracle: zero velocity from t0 0.999 returns the start as the 2x coarser grid holds it (block means, a
+    thousandth of noise); the split then adds no change, at the brain's edge too, where the blocks are part
+    background and darker than the start's voxels inside the brain."""
+    source, mask = small_subject["vision15t"], small_subject["mask"]
+    model = in_memory(random_net(4, zero_head=True))
+    model.grid_factor = 2
+    out = harmonize(model, source, mask, steps=1, start_time=0.999, start_from="source", refinement="split",
+                    refine_reference="start", split_sigma=1.0, seed=1)
+    assert np.abs(out["harmonized"] - source)[mask > 0].max() < 0.005
 
 
 def test_samples_average_the_draws_of_consecutive_seeds(small_subject):

@@ -52,6 +52,15 @@ def model_grid(model: HarmonizationModel, source: np.ndarray, mask: np.ndarray) 
     return coarsen(source, model.grid_factor, multiple), coarsen_mask(mask, model.grid_factor, multiple)
 
 
+def at_model_resolution(model: HarmonizationModel, image: np.ndarray) -> np.ndarray:
+    """``image`` (D, H, W) as the model's grid holds it, back on the harmonization grid: its block means
+    interpolated back (``method.grid``); the image itself for a model on the harmonization grid."""
+    if model.grid_factor == 1:
+        return image
+    coarse = coarsen(image, model.grid_factor, model.net.config.downsampling_factor)
+    return refine_grid(coarse, image.shape, model.grid_factor)
+
+
 def generate(model: HarmonizationModel, edge_map: np.ndarray, *, steps: int = T1W.steps, solver: str = T1W.solver,
              start_time: float = 0.0, start_image: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
     """The edge-to-image output for a whole volume (eq. 4), in [0, 1] on the grid of ``edge_map`` (D, H, W).
@@ -94,7 +103,8 @@ def harmonize(model: HarmonizationModel, source: np.ndarray, mask: np.ndarray,
     paper's choice; its histogram-matched version; or the start image). ``edge_map`` replaces the
     condition on the model's grid (default: the Canny edge map of the source there, section 3.2; ``model_grid``),
     e.g. by random edges for Table S3's unconditional variant. A coarse-grid model draws on its grid, from the
-    start image taken there, and its draws are interpolated back to the harmonization grid.
+    start image taken there, and its draws are interpolated back to the harmonization grid; its split keeps the
+    low frequencies of the draw's difference from the reference at the model's resolution (``at_model_resolution``).
 
     Returns the edge map (on the harmonization grid), the edge-to-image output (``generated``), the refined image
     (``harmonized``), the refinement's similarity history and ``uncertainty``: the per-voxel
@@ -124,7 +134,8 @@ def harmonize(model: HarmonizationModel, source: np.ndarray, mask: np.ndarray,
         uncertainty[mask == 0] = 0
     reference = images[s.refine_reference]
     harmonized, history = refine(generated, reference, mask, s.refinement, s.refine_step, s.refine_iterations,
-                                 s.refine_region, s.refine_step_rule, s.split_sigma * factor)
+                                 s.refine_region, s.refine_step_rule, s.split_sigma * factor,
+                                 reference_seen=at_model_resolution(model, reference))
     harmonized[mask == 0] = 0
     return {"edge_map": refine_grid(edge_map, source.shape, factor, order=0), "generated": generated,
             "harmonized": harmonized, "refinement_history": history, "uncertainty": uncertainty}

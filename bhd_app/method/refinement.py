@@ -87,9 +87,17 @@ def masked_lowpass(image: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndar
     return np.where(m > 0, num / np.maximum(den, 1e-6), 0).astype(np.float32)
 
 
-def frequency_split(generated: np.ndarray, reference: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
-    """low-pass(generated) + (reference - low-pass(reference)), clipped to [0, 1], zero outside ``mask``."""
-    out = masked_lowpass(generated, mask, sigma) + reference - masked_lowpass(reference, mask, sigma)
+def frequency_split(generated: np.ndarray, reference: np.ndarray, mask: np.ndarray, sigma: float,
+                    reference_seen: np.ndarray | None = None) -> np.ndarray:
+    """reference + low-pass(generated - ``reference_seen``), clipped to [0, 1], zero outside ``mask`` (D, H, W).
+
+    With ``reference_seen`` the reference itself (the default) this is low-pass(generated) + the reference's
+    frequencies above the low-pass. A model on a coarser grid sees the reference as block means: passing the
+    reference at that resolution makes the low-passed difference the model's change alone, without the partial
+    volume of the coarse voxels at the brain's edge (``harmonize.at_model_resolution``).
+    """
+    seen = reference if reference_seen is None else reference_seen
+    out = reference + masked_lowpass(generated - seen, mask, sigma)
     return np.where(mask > 0, np.clip(out, 0.0, 1.0), 0).astype(np.float32)
 
 
@@ -111,13 +119,14 @@ def check_refinement(objective: str, step_rule: str) -> None:
 
 def refine(harmonized: np.ndarray, source: np.ndarray, mask: np.ndarray, objective: str = "ncc",
            step: float = 0.02, iterations: int = 6, region: str = "brain",
-           step_rule: str = "rms", split_sigma: float = 8.0) -> tuple[np.ndarray, list[float]]:
+           step_rule: str = "rms", split_sigma: float = 8.0,
+           reference_seen: np.ndarray | None = None) -> tuple[np.ndarray, list[float]]:
     """Gradient ascent on the similarity between the harmonized and the source image (section 3.5).
 
     ``step_rule`` says what ``step`` means: ``rms``, the RMS intensity change per iteration
     (capped at the NCC maximum); ``paper``, x += step * N * gradient over the N region voxels,
     the paper's plain gradient ascent (alpha = 0.02, 6 iterations; NCC only, ValueError for MI).
-    ``split`` ignores the step and returns ``frequency_split`` with ``split_sigma``. ``region``
+    ``split`` ignores the step and returns ``frequency_split`` with ``split_sigma`` (and ``reference_seen``). ``region``
     is ``brain`` (the similarity and the update use brain voxels only) or ``volume`` (the whole
     grid). Returns
     (refined image in [0, 1], the similarity before each iteration and after the last).
@@ -125,7 +134,7 @@ def refine(harmonized: np.ndarray, source: np.ndarray, mask: np.ndarray, objecti
     check_refinement(objective, step_rule)
     out = harmonized.astype(np.float32).copy()
     if objective == "split":
-        return frequency_split(out, source, mask, split_sigma), []
+        return frequency_split(out, source, mask, split_sigma, reference_seen), []
     if objective == "none" or iterations == 0:
         return out, []
     sel = mask > 0 if region == "brain" else np.ones(out.shape, bool)
