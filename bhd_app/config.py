@@ -13,7 +13,9 @@ from pathlib import Path
 
 # The shipped models, by the name --model accepts; each card states its target domain.
 SHIPPED_MODELS = {"simulated-trio": "bhd_default.pt", "ixi-hh": "bhd_ixihh.pt", "ixi-hh-coarse": "bhd_ixihh_coarse.pt"}
-DEFAULT_MODEL = "ixi-hh-coarse"
+# The model an input of each contrast gets without --model: T1w harmonization scored best with the coarse-grid
+# model, T2w contrast conversion with the same network on the 1.2 mm grid (BENCHMARKS.md, held-out IXI-HH heads).
+DEFAULT_MODELS = {"T1w": "ixi-hh-coarse", "T2w": "ixi-hh"}
 METHODS = ("bhd", "histmatch", "ssimh", "none")
 SOLVERS = ("euler", "midpoint", "rk4", "dopri5")
 REFINEMENTS = ("ncc", "mi", "split", "none")
@@ -148,12 +150,18 @@ def shipped_model_path(name: str) -> Path:
     return Path(str(resources.files("bhd_app") / "data" / "models" / SHIPPED_MODELS[name]))
 
 
-def default_model_path() -> Path:
-    return shipped_model_path(DEFAULT_MODEL)
+def default_model_path(suffix: str = "T1w") -> Path:
+    """The shipped model an input of this contrast gets without ``--model`` (``DEFAULT_MODELS``)."""
+    return shipped_model_path(DEFAULT_MODELS[suffix])
+
+
+def models_by_contrast(value: Path | None, suffixes: tuple[str, ...] | list[str]) -> dict[str, Path]:
+    """The model file of each input contrast: ``--model`` for all, or each contrast's default model."""
+    return {suffix: value or default_model_path(suffix) for suffix in suffixes}
 
 
 def model_path(value: str | Path | None) -> Path:
-    """``--model``: a shipped model's name, a file path, or None for the default model."""
+    """``--model``: a shipped model's name, a file path, or None for the T1w default model."""
     if value is None:
         return default_model_path()
     if str(value) in SHIPPED_MODELS:

@@ -270,3 +270,27 @@ def test_a_new_model_redoes_cached_harmonization(participant_run, tmp_path):
     after, sidecar_after = _harmonized(_rerun(participant_run, tmp_path / "b", "--model", str(path)))
     assert sidecar_after["Harmonization"]["ModelSHA256"] != sidecar_before["Harmonization"]["ModelSHA256"]
     assert np.abs(after - before).max() > 1e-3
+
+
+def test_without_model_each_contrast_gets_its_default_model(examples, tmp_path):
+    """No --model: the T1w job uses config.DEFAULT_MODELS["T1w"], the T2w job the T2w one (--method histmatch
+    takes each model's target histogram); the sidecars and the methods text name each; --model sets both."""
+    ds = _small_dataset(examples, tmp_path / "ds", [("01", "trio", "T1w"), ("01", "trio", "T2w")])
+    out = tmp_path / "out"
+    DESC = {"T1w": "", "T2w": "T2w"}
+    common = ["--contrasts", "T1w", "T2w", "--method", "histmatch", "-w", str(tmp_path / "w"),
+              "--skip-bids-validation", "--nprocs", "2"]
+    assert main([str(ds), str(out), "participant", *common]) == 0
+    anat = out / "sub-01" / "ses-trio" / "anat"
+    citation = (out / "logs" / "CITATION.md").read_text()
+    for suffix in ("T1w", "T2w"):
+        path = anat / f"sub-01_ses-trio_desc-harmonized{DESC[suffix]}_T1w.json"  # a T2w input converted to T1w
+        recorded = json.loads(path.read_text())["Harmonization"]
+        expected = default_model_path(suffix)
+        assert recorded["ModelFile"] == expected.name
+        assert f"The {suffix} model was {expected.name}, sha256 {recorded['ModelSHA256']}" in citation
+    assert default_model_path("T1w") != default_model_path("T2w")
+    assert main([str(ds), str(tmp_path / "one"), "participant", *common, "--model", "ixi-hh"]) == 0
+    for suffix in ("T1w", "T2w"):
+        path = tmp_path / "one" / "sub-01" / "ses-trio" / "anat" / f"sub-01_ses-trio_desc-harmonized{DESC[suffix]}_T1w.json"
+        assert json.loads(path.read_text())["Harmonization"]["ModelFile"] == "bhd_ixihh.pt"

@@ -224,14 +224,15 @@ def test_multiproc_finishes_a_job_before_starting_the_next(tmp_path):
     assert len(lines) == 8 and "(2/2 jobs done, about 0:00:00 left)" in lines[-1]
 
 
-def test_methods_text_names_the_settings_the_model_and_the_references():
-    settings = {"T1w": T1W.to_dict() | {"samples": 4}}
-    text = methods_text(settings, "bhd_default.pt", "ab" * 32, {"bhd": "0.1.0", "antspyx": "0.5.4", "nipype": "1.9"},
-                        "auto")
-    assert "ab" * 32 in text and "bhd_default.pt" in text and "4 averaged draws" in text and "uncertainty map" in text
+def test_methods_text_names_the_settings_the_model_of_each_contrast_and_the_references():
+    settings = {"T1w": T1W.to_dict() | {"samples": 4, "model": "/models/bhd_ixihh_coarse.pt", "model_sha256": "ab" * 32},
+                "T2w": CONTRAST_CONVERSION.to_dict() | {"model": "/models/bhd_ixihh.pt", "model_sha256": "cd" * 32}}
+    text = methods_text(settings, {"bhd": "0.1.0", "antspyx": "0.5.4", "nipype": "1.9"}, "auto")
+    assert "4 averaged draws" in text and "uncertainty map" in text
     assert f"euler solver, 1 step, starting at t0 = {T1W.start_time:g}" in text and "N4" in text and "deepbet" in text
-    t2w = methods_text({"T2w": CONTRAST_CONVERSION.to_dict()}, "bhd_default.pt", "ab" * 32, {}, "auto")
-    assert "midpoint solver, 2 steps, from pure noise" in t2w
+    assert "midpoint solver, 2 steps, from pure noise" in text
+    assert f"The T1w model was bhd_ixihh_coarse.pt, sha256 {'ab' * 32}" in text
+    assert f"The T2w model was bhd_ixihh.pt, sha256 {'cd' * 32}" in text
     for ref in ("Jeong H, Lee H, Chun SY, Lee J", "Avants", "Gorgolewski", "Yarkoni", "Fisch"):
         assert ref in text
 
@@ -381,3 +382,20 @@ def test_crash_files_are_read_once_for_the_job_and_the_group(tmp_path):
     assert crashes[1].message == "x: not a NIfTI file; convert it"
     assert failed_jobs(tmp_path) == [f"{c.node} {c.last_line} ({c.path.name})" for c in crashes]
     assert "RuntimeError: out of memory" in failed_jobs(tmp_path)[0]
+
+
+def test_the_group_level_takes_each_contrasts_target_histogram_from_the_model_its_jobs_used():
+    """Without --model each contrast's default model (config.DEFAULT_MODELS); one --model for jobs that used two
+    models is a one-line error naming the contrast."""
+    from bhd_app.config import default_model_path
+    from bhd_app.errors import BHDInputError
+    from bhd_app.modelfile import load_model
+    from bhd_app.pipeline.group import _target_quantiles
+
+    t1w, t2w = load_model(default_model_path("T1w")), load_model(default_model_path("T2w"))
+    records = [{"suffix": "T1w", "model_sha256": t1w.sha256}, {"suffix": "T2w", "model_sha256": t2w.sha256}]
+    quantiles = _target_quantiles(records, None)
+    np.testing.assert_array_equal(quantiles["T1w"], t1w.target_quantiles)
+    np.testing.assert_array_equal(quantiles["T2w"], t2w.target_quantiles)
+    with pytest.raises(BHDInputError, match="T2w jobs used model sha256"):
+        _target_quantiles(records, default_model_path("T1w"))

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from .. import __version__
-from ..config import (CONTRAST_CONVERSION, CONTRAST_DEPENDENT, DEFAULT_MODEL, METHODS, NATIVE, REFINEMENTS,
+from ..config import (CONTRAST_CONVERSION, CONTRAST_DEPENDENT, DEFAULT_MODELS, METHODS, NATIVE, REFINEMENTS,
                       REFINE_REFERENCES, SHIPPED_MODELS, SOLVERS, START_FROM, STEP_RULES, T1W, model_path)
 
 def _default(name: str):
@@ -87,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "ssimh (low-frequency 3D DCT swap with the target-domain average), "
                         "none (preprocessing only)")
     g.add_argument("--model", type=model_path,  # a missing file: one-line error
-                   help=f"a shipped model ({', '.join(SHIPPED_MODELS)}; default {DEFAULT_MODEL}) or a model file "
-                        "(.pt with its .json card, written by bhd-train)")
+                   help=f"a shipped model ({', '.join(SHIPPED_MODELS)}) or a model file (.pt with its .json card, "
+                        "written by bhd-train), for every contrast; default: "
+                        + ", ".join(f"{name} for {suffix}" for suffix, name in DEFAULT_MODELS.items()))
     g.add_argument("--steps", type=_positive_int, default=_default("steps"), help="ODE solver steps" + _note("steps"))
     g.add_argument("--solver", default=_default("solver"), choices=SOLVERS,
                    help="torchdiffeq method (paper: midpoint)" + _note("solver"))

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .. import __version__
-from ..config import HarmonizationSettings, preset
+from ..config import HarmonizationSettings, models_by_contrast, preset
 from ..errors import BHDInputError
 from ..method.refinement import check_refinement
 from .parser import build_parser
@@ -35,10 +35,6 @@ def harmonization_settings(args, suffix: str) -> HarmonizationSettings:
         raise BHDInputError(f"--refinement {settings.refinement} with --refine-step-rule "
                             f"{settings.refine_step_rule} ({suffix}): {err}; add --refine-step-rule rms") from None
     return settings
-
-
-def _str(path: Path | None) -> str | None:
-    return None if path is None else str(path)
 
 
 def check_inputs(jobs, crash_dir: Path) -> tuple[list, list[tuple[object, str]]]:
@@ -127,12 +123,18 @@ def run_participant(args) -> int:
     if args.model is not None and not args.model.is_file():
         raise BHDInputError(f"{args.model}: model file not found; check the --model path (a .pt file with its "
                             ".json card, written by bhd-train)")
-    model_sha256 = None
+    models = models_by_contrast(args.model, args.contrasts)
+    sha256 = {}
     if args.method != "none":
-        model = check_model_file(args.model)  # the model file and its sha256, once, before any job starts
-        model_sha256 = model.sha256
-        if args.method == "ssimh":
-            model.ssimh_spectrum()  # a model saved without it is refused before any job starts
+        for path in dict.fromkeys(models.values()):
+            model = check_model_file(path)  # each model file and its sha256, once, before any job starts
+            sha256[path] = model.sha256
+            if args.method == "ssimh":
+                model.ssimh_spectrum()  # a model saved without it is refused before any job starts
+    # The model's sha256 is part of the settings so that nipype's cache redoes harmonization for a new model.
+    settings = {suffix: {**harmonization_settings(args, suffix).to_dict(), "model": str(models[suffix]),
+                         "model_sha256": sha256.get(models[suffix]), "brain_extraction": args.brain_extraction}
+                for suffix in args.contrasts}
     todo = [j for j in jobs if args.force or not job_is_complete(args.output_dir, j)]
     for job in jobs:
         if job not in todo:
@@ -140,15 +142,10 @@ def run_participant(args) -> int:
     crash_dir = args.output_dir / "logs"
     todo, failed = check_inputs(todo, crash_dir)
     write_dataset_description(args.output_dir, args.bids_dir, __version__)
-    write_methods(args.output_dir, {s: harmonization_settings(args, s).to_dict() for s in args.contrasts},
-                  args.model, model_sha256, args.brain_extraction)
+    write_methods(args.output_dir, settings, args.brain_extraction)
     if todo:
         nprocs = min(args.nprocs, len(todo))
         omp = args.omp_nthreads or max(args.nprocs // nprocs, 1)
-        # The model's sha256 is part of the settings so that nipype's cache redoes harmonization for a new model.
-        settings = {suffix: {**harmonization_settings(args, suffix).to_dict(), "model": _str(args.model),
-                             "model_sha256": model_sha256, "brain_extraction": args.brain_extraction}
-                    for suffix in args.contrasts}
         wf = init_participant_wf(todo, args.output_dir, args.bids_dir, work_dir, settings, args.device, omp)
         wf.config["execution"].update({"crashdump_dir": str(crash_dir), "crashfile_format": "txt",
                                        "stop_on_first_crash": False, "remove_unnecessary_outputs": False})

@@ -43,11 +43,11 @@ REFERENCES = {
 }
 
 
-def methods_text(settings_by_suffix: dict[str, dict], model_name: str | None, model_sha256: str | None,
-                 versions: dict[str, str], brain_extraction: str) -> str:
+def methods_text(settings_by_suffix: dict[str, dict], versions: dict[str, str], brain_extraction: str) -> str:
     """The methods paragraph and references as Markdown.
 
-    ``settings_by_suffix``: the harmonization settings per input contrast (``HarmonizationSettings.to_dict()``).
+    ``settings_by_suffix``: the harmonization settings per input contrast (``HarmonizationSettings.to_dict()``)
+    with the ``model`` file and its ``model_sha256``, as the participant jobs get them.
     """
     v = versions
     steps = (f"Each anatomical image was corrected for intensity non-uniformity with N4 [n4] (ANTs through antspyx "
@@ -85,13 +85,13 @@ def methods_text(settings_by_suffix: dict[str, dict], model_name: str | None, mo
                          + {"histmatch": "(histogram matching to the model's target-domain histogram).",
                             "ssimh": "(swapping the lowest 3D DCT frequencies with the target-domain average).",
                             "none": "(preprocessing only, no harmonization)."}.get(method, "."))
-    model = (f"The model was {model_name or 'the one shipped with bhd (bhd_default.pt)'}, sha256 {model_sha256}."
-             if model_sha256 else "")
+        if s.get("model_sha256"):
+            parts.append(f"The {suffix} model was {Path(s['model']).name}, sha256 {s['model_sha256']}.")
     software = ", ".join(f"{k} {val}" for k, val in versions.items())
     text = (f"# Methods (bhd {versions.get('bhd', '?')})\n\n"
             f"Results included in this manuscript come from harmonization performed with bhd {versions.get('bhd')} "
             "(a BIDS App of BlindHarmonyDiff [bhd]), run with Nipype [nipype] on data found with PyBIDS [pybids]. "
-            f"{steps} {' '.join(parts)} {model}\n\n"
+            f"{steps} {' '.join(parts)}\n\n"
             f"Software: {software}.\n\n"
             "This text was written by bhd so that it can be pasted into a manuscript unchanged; it is released "
             "under the CC0 license.\n\n## References\n\n"
@@ -99,10 +99,8 @@ def methods_text(settings_by_suffix: dict[str, dict], model_name: str | None, mo
     return text
 
 
-def write_methods(out_dir: Path, settings_by_suffix: dict[str, dict], model_path: Path | None,
-                  model_sha256: str | None, brain_extraction: str) -> Path:
+def write_methods(out_dir: Path, settings_by_suffix: dict[str, dict], brain_extraction: str) -> Path:
     """Write ``logs/CITATION.md`` in the derivatives (replacing an older one) and return its path."""
-    from ..config import default_model_path
     from .derivatives import software_versions
 
     versions = software_versions()
@@ -113,8 +111,7 @@ def write_methods(out_dir: Path, settings_by_suffix: dict[str, dict], model_path
             versions.setdefault(pkg, version(pkg))
         except Exception:  # noqa: BLE001 - a missing package is left out
             pass
-    name = Path(model_path).name if model_path else default_model_path().name
     path = Path(out_dir) / "logs" / "CITATION.md"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(methods_text(settings_by_suffix, name, model_sha256, versions, brain_extraction))
+    path.write_text(methods_text(settings_by_suffix, versions, brain_extraction))
     return path

@@ -148,9 +148,10 @@ def _load(path: Path) -> np.ndarray:
     return np.asarray(nib.load(path).dataobj, dtype=np.float32)
 
 
-def measure_images(records: list[dict], target_quantiles: np.ndarray,
+def measure_images(records: list[dict], target_quantiles: dict[str, np.ndarray],
                    progress: Callable[[str], None] = lambda line: None) -> dict[str, list[dict]]:
     """Segment every version of every image; per condition, one entry per record (same order).
+    ``target_quantiles``: the target histogram of the model each input contrast used (``_target_quantiles``).
 
     Each entry holds the image (D, H, W), the brain mask, the tissue labels, the volumes and the features.
     """
@@ -162,7 +163,7 @@ def measure_images(records: list[dict], target_quantiles: np.ndarray,
     for k, r in enumerate(records):
         progress(f"segmenting {r['job']} ({len(names)} versions; image {k + 1}/{len(records)})")
         preproc, mask = _load(r["files"]["preproc"]), _load(r["files"]["mask"]) > 0
-        images = {"before": preproc, "histmatch": histogram_matching(preproc, mask, target_quantiles)}
+        images = {"before": preproc, "histmatch": histogram_matching(preproc, mask, target_quantiles[r["suffix"]])}
         images[r["method"]] = _load(r["files"]["harmonized"])
         for c in names:
             labels = segment(images[c], mask)
@@ -240,16 +241,21 @@ def tsv_text(rows: list[dict]) -> str:
     return out.getvalue()
 
 
-def _target_quantiles(records: list[dict], model_path: Path | None) -> np.ndarray:
-    """The model's target histogram (for histogram matching); the model must be the one the jobs used."""
+def _target_quantiles(records: list[dict], model_path: Path | None) -> dict[str, np.ndarray]:
+    """Per input contrast, its model's target histogram (for histogram matching); ``model_path`` (``--model``, or
+    None for each contrast's default model) must name the models the jobs used."""
+    from ..config import models_by_contrast
     from ..modelfile import load_model
 
-    model = load_model(model_path, "cpu")
-    used = {r["model_sha256"] for r in records if r["model_sha256"]}
-    if used and used != {model.sha256}:
-        raise BHDInputError(f"the participant jobs used model sha256 {sorted(used)[0][:12]}..., not {model.path.name} "
-                            f"({model.sha256[:12]}...); pass the same --model to the group level")
-    return model.target_quantiles
+    out = {}
+    for suffix, path in models_by_contrast(model_path, sorted({r["suffix"] for r in records})).items():
+        model = load_model(path, "cpu")
+        used = {r["model_sha256"] for r in records if r["suffix"] == suffix and r["model_sha256"]}
+        if used and used != {model.sha256}:
+            raise BHDInputError(f"the participant's {suffix} jobs used model sha256 {sorted(used)[0][:12]}..., not "
+                                f"{model.path.name} ({model.sha256[:12]}...); pass the same --model to the group level")
+        out[suffix] = model.target_quantiles
+    return out
 
 
 def run_group_level(bids_dir: Path, out_dir: Path, model_path: Path | None = None,
