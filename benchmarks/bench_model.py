@@ -1,13 +1,15 @@
 #!/usr/bin/env python
 """Speed and memory of the model: whole-volume harmonization and training throughput.
 
-    python benchmarks/bench_model.py [--model PATH] [--device auto] [--width W]
+    python benchmarks/bench_model.py [--model NAME_OR_PATH] [--device auto] [--width W]
 
-Reports, on one simulated subject on the 128 x 160 x 136 grid:
-* edge map time, edge-to-image sampling time at the participant level's default
-  settings, refinement time, total harmonization wall time;
+Reports, on one simulated subject on the 128 x 160 x 136 harmonization grid, at the participant level's
+T1w defaults (``config.preset("T1w")``) and with the model's own grid (a coarse-grid model draws on its grid):
+* the edge map, the start (histogram matching + the NCC refinement), the edge-to-image sampling, the
+  refinement (the frequency split by default) and their total;
+* the T2w preset's contrast conversion (``harmonize`` as the participant level calls it), whole;
 * peak memory of whole-volume inference (CPU: max RSS of this process; CUDA: max allocated);
-* training throughput (patches per second) at the model's training configuration.
+* training throughput (patches per second) at the model's training configuration, on its grid.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ import time
 
 import torch
 
-from bhd_app.config import T1W
+from bhd_app.config import model_path, preset
 from bhd_app.evaluation.simulation import PROTOCOLS, make_anatomy, render_on_grid
 from bhd_app.method.baselines import histogram_matching
 from bhd_app.method.edges import canny_edges
-from bhd_app.method.harmonize import generate
+from bhd_app.method.grid import coarsen, refine_grid
+from bhd_app.method.harmonize import at_model_resolution, generate, harmonize, model_grid, refined_start
 from bhd_app.method.model import UNetConfig
 from bhd_app.method.refinement import refine
 from bhd_app.modelfile import load_model, select_device
@@ -34,10 +37,8 @@ from bhd_app.training.trainer import TrainConfig, Trainer
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None)
+    p.add_argument("--model", type=model_path, default=None, help="a shipped model's name or a model file")
     p.add_argument("--device", default="auto")
-    p.add_argument("--steps", type=int, default=T1W.steps)
-    p.add_argument("--solver", default=T1W.solver)
     p.add_argument("--train-steps", type=int, default=10)
     p.add_argument("--width", type=int, help="benchmark an untrained network of this width instead")
     args = p.parse_args()
@@ -51,25 +52,31 @@ def main() -> None:
             model.net = model.net.to(memory_format=torch.channels_last_3d)
     anatomy = make_anatomy(2001)
     source, mask = render_on_grid(anatomy, PROTOCOLS["sonata15t"], 1)
+    t1w = preset("T1w")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    edge_map, _ = canny_edges(source)
+    grid_source, _ = model_grid(model, source, mask)
+    edge_map, _ = canny_edges(grid_source)
     t1 = time.perf_counter()
-    start = histogram_matching(source, mask, model.target_quantiles)
-    generated = generate(model, edge_map, steps=args.steps, solver=args.solver, start_time=T1W.start_time,
-                         start_image=start)
+    start = refined_start(histogram_matching(source, mask, model.target_quantiles), source, mask, t1w)
     t2 = time.perf_counter()
-    refine(generated, source, mask, T1W.refinement, T1W.refine_step, T1W.refine_iterations, T1W.refine_region,
-           T1W.refine_step_rule)
+    generated = generate(model, edge_map, steps=t1w.steps, solver=t1w.solver, start_time=t1w.start_time,
+                         start_image=coarsen(start, model.grid_factor, model.net.config.downsampling_factor))
+    generated = refine_grid(generated, source.shape, model.grid_factor)
     t3 = time.perf_counter()
+    refine(generated, start, mask, t1w.refinement, t1w.refine_step, t1w.refine_iterations, t1w.refine_region,
+           t1w.refine_step_rule, t1w.split_sigma * model.grid_factor, reference_seen=at_model_resolution(model, start))
+    t4 = time.perf_counter()
+    harmonize(model, source, mask, preset("T2w"))
+    t5 = time.perf_counter()
     peak = (torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
 
     cfg = TrainConfig.from_dict(model.card["training"]) if "training" in model.card else TrainConfig()
     cfg.unet = model.net.config
     cfg.checkpoint_every_s = 1e9
-    sampler = PatchSampler([source], [edge_map], cfg.patch_size, cfg.multi_stride_fraction)
+    sampler = PatchSampler([grid_source], [edge_map], cfg.patch_size, cfg.multi_stride_fraction)
     import tempfile
 
     trainer = Trainer(cfg, sampler, tempfile.mkdtemp(), device)
@@ -80,9 +87,11 @@ def main() -> None:
 
     result = {
         "device": str(device), "cpu_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-        "unet_width": model.net.config.base_width, "solver": args.solver, "solver_steps": args.steps, "start_time": T1W.start_time,
-        "edge_map_s": round(t1 - t0, 2), "sampling_s": round(t2 - t1, 2), "refinement_s": round(t3 - t2, 2),
-        "harmonization_total_s": round(t3 - t0, 2), "peak_memory_GiB": round(peak, 2),
+        "model": model.path.name, "unet_width": model.net.config.base_width, "grid_factor": model.grid_factor,
+        "grid": list(grid_source.shape), "t1w_settings": t1w.to_dict(),
+        "edge_map_s": round(t1 - t0, 2), "start_s": round(t2 - t1, 2), "sampling_s": round(t3 - t2, 2),
+        "refinement_s": round(t4 - t3, 2), "t1w_total_s": round(t4 - t0, 2), "t2w_conversion_s": round(t5 - t4, 2),
+        "peak_memory_GiB": round(peak, 2),
         "train_patch_size": cfg.patch_size, "train_batch": cfg.batch_size,
         "train_s_per_step": round(per_step, 2), "train_patches_per_s": round(cfg.batch_size / per_step, 2),
     }
