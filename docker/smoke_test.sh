@@ -105,23 +105,32 @@ from pathlib import Path
 
 out, tag, uid = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3].split(":")[0])
 errors = []
-# every job's files (README.md, "Outputs"), named after its native-grid harmonized image
+# every job's files (README.md, "Outputs"), named after its native-grid harmonized image: desc-harmonized_T1w for
+# a T1w input, desc-harmonizedT2w_T1w for a T2w input converted to the T1w contrast
 GRID = "space-MNI152NLin2009aSym_res-1p2_"
-SIBLINGS = ("desc-harmonized_T1w.json", "desc-brain_mask.nii.gz", "desc-brain_mask.json",
-            GRID + "desc-preproc_T1w.nii.gz", GRID + "desc-brain_mask.nii.gz", GRID + "desc-edges_mask.nii.gz",
-            GRID + "desc-harmonized_T1w.nii.gz", GRID + "desc-harmonized_T1w.json",
-            "from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.mat")
-native = sorted(p for p in out.rglob("*_desc-harmonized_T1w.nii.gz") if "_space-" not in p.name)
+
+
+def siblings(entity):  # "" for a T1w input, "T2w" for a T2w input
+    src = entity or "T1w"
+    return (f"desc-harmonized{entity}_T1w.json", f"desc-brain{entity}_mask.nii.gz", f"desc-brain{entity}_mask.json",
+            GRID + f"desc-preproc_{src}.nii.gz", GRID + f"desc-brain{entity}_mask.nii.gz",
+            GRID + f"desc-edges{entity}_mask.nii.gz", GRID + f"desc-harmonized{entity}_T1w.nii.gz",
+            GRID + f"desc-harmonized{entity}_T1w.json", f"from-{src}_to-MNI152NLin2009aSym_mode-image_xfm.mat")
+
+
+native = sorted(p for p in out.rglob("*_desc-harmonized*_T1w.nii.gz") if "_space-" not in p.name)
 if not native:
-    errors.append("no *_desc-harmonized_T1w.nii.gz (native grid) in the output")
+    errors.append("no *_desc-harmonized*_T1w.nii.gz (native grid) in the output")
 for image in native:
-    prefix = image.name[: -len("desc-harmonized_T1w.nii.gz")]
-    missing = [prefix + s for s in SIBLINGS if not (image.parent / (prefix + s)).is_file()]
+    prefix, rest = image.name.split("desc-harmonized")
+    entity = rest[: -len("_T1w.nii.gz")]
+    missing = [prefix + s for s in siblings(entity) if not (image.parent / (prefix + s)).is_file()]
     if missing:
         errors.append(f"{image.relative_to(out)}: missing {', '.join(missing)}")
     else:
-        json.loads(image.with_name(prefix + "desc-harmonized_T1w.json").read_text())
-        print("ok", image.relative_to(out), f"({image.stat().st_size / 1e6:.1f} MB) and its", len(SIBLINGS), "companions")
+        model = json.loads(image.with_name(prefix + siblings(entity)[0]).read_text())["Harmonization"]["ModelFile"]
+        print("ok", image.relative_to(out), f"({image.stat().st_size / 1e6:.1f} MB) and its", len(siblings(entity)),
+              "companions; model", model)
 reports = [p for p in out.glob("*.html") if p.name != "group_report.html"]
 if len(reports) != len(native):
     errors.append(f"{len(reports)} participant HTML reports for {len(native)} jobs")
