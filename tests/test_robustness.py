@@ -296,12 +296,14 @@ def _same_derivatives(out: Path, ref: Path, names: list[str]) -> None:
 
 @pytest.mark.slow
 def test_same_seed_gives_identical_derivatives(participant_run, tmp_path):
-    """One job of the reference run again, alone, in fresh folders: the same bytes."""
+    """One job of the reference run again, alone, in fresh folders and a process of its own (as bhd-app runs;
+    conftest ``participant_run`` says why): the same bytes."""
     out = tmp_path / "out"
-    code = main([str(participant_run.ds), str(out), "participant", "-w", str(tmp_path / "w"),
-                 "--skip-bids-validation", "--participant-label", "02", "--session-label", "vida",
-                 "--omp-nthreads", "1", "--seed", "0"])
-    assert code == 0
+    run = _bhd_app([str(participant_run.ds), str(out), "participant", "-w", str(tmp_path / "w"),
+                    "--skip-bids-validation", "--participant-label", "02", "--session-label", "vida",
+                    "--omp-nthreads", "1", "--seed", "0"])
+    _, stderr = run.communicate(timeout=1800)
+    assert run.returncode == 0, stderr
     names = list(_derivatives(out))
     assert len(names) == 13 and all("ses-vida" in n for n in names)
     _same_derivatives(out, participant_run.out, names)
