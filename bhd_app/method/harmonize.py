@@ -133,9 +133,9 @@ def harmonize(model: HarmonizationModel, source: np.ndarray, mask: np.ndarray,
     if uncertainty is not None:
         uncertainty[mask == 0] = 0
     reference = images[s.refine_reference]
+    seen = at_model_resolution(model, reference) if s.refinement == "split" else None  # only the split uses it
     harmonized, history = refine(generated, reference, mask, s.refinement, s.refine_step, s.refine_iterations,
-                                 s.refine_region, s.refine_step_rule, s.split_sigma * factor,
-                                 reference_seen=at_model_resolution(model, reference))
+                                 s.refine_region, s.refine_step_rule, s.split_sigma * factor, reference_seen=seen)
     harmonized[mask == 0] = 0
     return {"edge_map": refine_grid(edge_map, source.shape, factor, order=0), "generated": generated,
             "harmonized": harmonized, "refinement_history": history, "uncertainty": uncertainty}
