@@ -22,6 +22,14 @@ def _note(name: str) -> str:
     return f" (default {getattr(T1W, name)} for T1w, {getattr(CONTRAST_CONVERSION, name)} for T2w)"
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line with a hint to ``--help`` (exit code 2, as argparse's), not the
+    usage text; bhd-train uses it too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows an option's default, except None: those options say in their help what they do when not given."""
 
@@ -59,7 +67,7 @@ def _positive_int(value: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; paths and numbers are checked here, before any work starts."""
-    p = argparse.ArgumentParser(
+    p = OneLineErrorParser(
         prog="bhd-app",
         description="bhd: BlindHarmonyDiff blind harmonization of T1-weighted brain MRI, as a BIDS App.",
         formatter_class=_DefaultsHelpFormatter)

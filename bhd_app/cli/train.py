@@ -26,6 +26,7 @@ from ..method.baselines import target_quantiles
 from ..method.model import UNetConfig
 from ..modelfile import load_model, select_device
 from ..pipeline.bids import normalize_label
+from .parser import OneLineErrorParser
 from ..training.data import bids_target_data, load_cache, on_model_grid, save_cache, synthetic_target_data
 from ..training.export import export_model
 from ..training.patches import PatchSampler
@@ -34,7 +35,7 @@ from ..training.validation import Validator, altered_subjects
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bhd-train", description=__doc__,
+    p = OneLineErrorParser(prog="bhd-train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, help="folder for checkpoints, logs and the exported model")
     src = p.add_mutually_exclusive_group(required=True)
