@@ -52,3 +52,43 @@ def test_argument_errors_are_one_line_with_a_hint_to_help(tmp_path, program, arg
     assert len(err) == 1 and err[0].startswith(f"{program}: error: ") and phrase in err[0], err
     assert err[0].endswith(f"see {program} --help"), err
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------- refusals write nothing
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+REFUSALS = {  # name: (the extra arguments for a case's tmp_path, a phrase of the error line)
+    "unknown_participant": (lambda tmp: ["--participant-label", "99"], "--participant-label 99: not in"),
+    "filter_selects_nothing": (lambda tmp: ["--bids-filter-file", _write(tmp / "f.json", '{"t1w": {"run": 7}}')],
+                               "no T1w image matching the BIDS filters"),
+    "model_not_found": (lambda tmp: ["--model", str(tmp / "none.pt")], "model file not found"),
+}
+
+
+def _write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_a_refused_run_leaves_no_output_or_work_folder(ds, tmp_path, capsys, case):
+    """Exit 2 before any job: the output and work folders that the run made (here with a missing parent), and the
+    pybids index it wrote, are removed again; a work folder that was there keeps what it held and gets nothing."""
+    extra, phrase = REFUSALS[case]
+    out, work = tmp_path / "new" / "out", tmp_path / "new" / "work"
+    code = main([str(ds), str(out), "participant", "-w", str(work), "--skip-bids-validation", *extra(tmp_path)])
+    err = _stderr_lines(capsys.readouterr().err)
+    assert code == 2 and len(err) == 1 and phrase in err[0], err
+    assert not (tmp_path / "new").exists()
+    # A work folder of an earlier run (its own pybids index of another dataset, the nipype cache) is left as it was.
+    work = tmp_path / "old_work"
+    (work / "pybids" / "other-0123456789").mkdir(parents=True)
+    (work / "participant_wf").mkdir()
+    (work / "participant_wf" / "result.pklz").write_bytes(b"cached")
+    before = _files(work)
+    code = main([str(ds), str(out), "participant", "-w", str(work), "--skip-bids-validation", *extra(tmp_path)])
+    assert code == 2 and _files(work) == before and not (tmp_path / "new").exists()

@@ -84,6 +84,34 @@ def temporary_dir_in(parent: Path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextmanager
+def removed_on_refusal(*paths: Path):
+    """Remove again what this run made if it is refused (BHDInputError): each of ``paths``, and each path given to
+    the yielded ``note``, that does not exist yet (with the parent folders that do not exist either).
+
+    A refused run then leaves no output folder, no work folder and no pybids index behind.
+    """
+    made: list[Path] = []
+
+    def note(path: Path) -> None:
+        top = None
+        for folder in (Path(path).absolute(), *Path(path).absolute().parents):
+            if folder.exists() or folder.is_symlink():
+                break
+            top = folder
+        if top is not None:
+            made.append(top)
+
+    for path in paths:
+        note(path)
+    try:
+        yield note
+    except BHDInputError:
+        for path in reversed(made):
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
 def plugin_arguments(text: str | None) -> dict:
     """``--plugin-args`` as a dict; BHDInputError unless it is a JSON object."""
     if not text:
@@ -100,20 +128,28 @@ def plugin_arguments(text: str | None) -> dict:
 
 
 def run_participant(args) -> int:
+    from ..pipeline.bids import check_output_dir, layout_database_dir
+
+    for suffix in args.contrasts:
+        harmonization_settings(args, suffix)  # a combination that cannot run stops here, before any file
+    plugin_args = plugin_arguments(args.plugin_args)
+    work_dir = args.work_dir or Path.cwd() / "work"
+    # A refusal below leaves nothing: the folders and the pybids index this run made are removed again.
+    with removed_on_refusal(args.output_dir, work_dir) as note:
+        check_output_dir(args.bids_dir, args.output_dir, work_dir)
+        note(layout_database_dir(args.bids_dir, work_dir / "pybids"))
+        return _run_participant(args, work_dir, plugin_args)
+
+
+def _run_participant(args, work_dir: Path, plugin_args: dict) -> int:
     from ..modelfile import check_model_file, select_device
-    from ..pipeline.bids import (check_output_dir, collect_jobs, load_bids_filters, load_layout,
-                                 write_dataset_description)
+    from ..pipeline.bids import collect_jobs, load_bids_filters, load_layout, write_dataset_description
     from ..pipeline.boilerplate import write_methods
     from ..pipeline.crashes import read_crashes
     from ..pipeline.derivatives import job_is_complete
     from ..pipeline.progress import JobFirstMultiProcPlugin, JobProgress
     from ..pipeline.workflows import init_participant_wf
 
-    for suffix in args.contrasts:
-        harmonization_settings(args, suffix)  # a combination that cannot run stops here, before any file
-    plugin_args = plugin_arguments(args.plugin_args)
-    work_dir = args.work_dir or Path.cwd() / "work"
-    check_output_dir(args.bids_dir, args.output_dir, work_dir)
     layout = load_layout(args.bids_dir, database_dir=work_dir / "pybids")
     if not args.skip_bids_validation:
         _validate_input(args.bids_dir)

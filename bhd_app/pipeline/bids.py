@@ -124,6 +124,13 @@ def _read_json(path: Path, what: str) -> Any:
         raise BHDInputError(f"{path}: cannot read {what} ({err}); check the path and permissions") from None
 
 
+def layout_database_dir(bids_dir: str | Path, database_dir: str | Path) -> Path:
+    """The folder of a dataset's pybids index in ``database_dir``: pybids takes the root from a saved database, so
+    each dataset gets its own folder."""
+    root = Path(bids_dir).expanduser().resolve()
+    return Path(database_dir) / f"{root.name}-{hashlib.sha1(str(root).encode()).hexdigest()[:10]}"
+
+
 def load_layout(bids_dir: str | Path, validate: bool = False,
                 database_dir: str | Path | None = None) -> BIDSLayout:
     """Index a BIDS dataset (anat/ folders only) with pybids.
@@ -162,8 +169,7 @@ def load_layout(bids_dir: str | Path, validate: bool = False,
     if database_dir is None:
         return build(None, True, _unreadable_sidecars(root))
 
-    # pybids takes the root from a saved database, so each dataset gets its own folder.
-    db = Path(database_dir) / f"{root.name}-{hashlib.sha1(str(root).encode()).hexdigest()[:10]}"
+    db = layout_database_dir(root, database_dir)
     stamp = _dataset_fingerprint(root, validate)
 
     def fresh() -> bool:
