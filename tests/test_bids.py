@@ -438,7 +438,10 @@ def test_bids_validator_reports_errors(tmp_path, session_ds):
 
 
 def test_validator_missing(monkeypatch, tmp_path):
-    monkeypatch.setattr(B.shutil, "which", lambda name: None)
+    """Neither on PATH nor beside the interpreter (where it is looked for too)."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(B.sys, "executable", str(tmp_path / "bin" / "python"))
+    monkeypatch.setattr(B.sys, "prefix", str(tmp_path))
     with pytest.raises(BHDInputError, match="pip install bids-validator-deno.*--skip-bids-validation"):
         B.run_bids_validator(tmp_path)
 

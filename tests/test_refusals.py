@@ -92,3 +92,24 @@ def test_a_refused_run_leaves_no_output_or_work_folder(ds, tmp_path, capsys, cas
     before = _files(work)
     code = main([str(ds), str(out), "participant", "-w", str(work), "--skip-bids-validation", *extra(tmp_path)])
     assert code == 2 and _files(work) == before and not (tmp_path / "new").exists()
+
+
+# ---------------------------------------------------------------------------------------------- the validator
+
+
+def test_the_validator_beside_the_interpreter_is_found_without_path(ds, tmp_path):
+    """/venv/bin/bhd-app run by its path, with the environment's bin/ not on PATH (a batch job, a cron line): the
+    validator installed in that environment still validates (it was skipped as "not installed")."""
+    if not (BIN / "bids-validator-deno").is_file():
+        pytest.skip(f"bids-validator-deno is not installed beside {sys.executable} (pip install -e .[test])")
+    path = os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep)
+                           if d and not (Path(d) / "bids-validator-deno").exists())
+    stray = ds / "sub-02" / "ses-vida" / "anat" / "junk.txt"  # an error for the validator: a file BIDS does not know
+    stray.write_text("junk")
+    run = subprocess.run([_program("bhd-app"), str(ds), str(tmp_path / "out"), "participant",
+                          "-w", str(tmp_path / "w"), "--participant-label", "99"],  # 99: no job runs either way
+                         capture_output=True, text=True, env={**os.environ, "PATH": path}, cwd=tmp_path)
+    err = _stderr_lines(run.stderr)
+    assert run.returncode == 2
+    assert len(err) == 1 and "the BIDS validator found 1 error(s)" in err[0] and "junk.txt" in err[0], err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "w").exists()

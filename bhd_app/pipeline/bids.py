@@ -18,6 +18,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -579,6 +580,19 @@ def check_output_dir(bids_dir: str | Path, out_dir: str | Path, work_dir: str | 
 # ----------------------------------------------------------------------------- validator
 
 
+def find_bids_validator() -> str | None:
+    """``bids-validator-deno`` on PATH, else beside the running interpreter (the environment bhd is installed in,
+    whose ``bin`` need not be on PATH: ``/venv/bin/bhd-app`` run by its path, a batch job), else None."""
+    exe = shutil.which("bids-validator-deno")
+    if exe is not None:
+        return exe
+    for folder in (Path(sys.executable).parent, Path(sys.prefix) / "bin"):
+        candidate = folder / "bids-validator-deno"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
 def run_bids_validator(dataset_dir: str | Path, ignore_codes: Iterable[str] = (),
                        timeout: float | None = None) -> tuple[bool, str]:
     """Run the official validator (``bids-validator-deno``) on a raw or derivative dataset.
@@ -586,7 +600,7 @@ def run_bids_validator(dataset_dir: str | Path, ignore_codes: Iterable[str] = ()
     Returns (no errors, summary); the summary counts errors and warnings and names each issue
     code with an example file. ``ignore_codes`` are passed in a validator config file.
     """
-    exe = shutil.which("bids-validator-deno")
+    exe = find_bids_validator()
     if exe is None:
         raise BIDSValidatorMissing("bids-validator-deno: not installed; run `pip install bids-validator-deno` "
                                    "or pass --skip-bids-validation")
