@@ -113,3 +113,65 @@ def test_the_validator_beside_the_interpreter_is_found_without_path(ds, tmp_path
     assert run.returncode == 2
     assert len(err) == 1 and "the BIDS validator found 1 error(s)" in err[0] and "junk.txt" in err[0], err
     assert not (tmp_path / "out").exists() and not (tmp_path / "w").exists()
+
+
+# ---------------------------------------------------------------------------------------------- one run per work dir
+
+
+def test_a_second_run_on_a_held_work_dir_is_refused_at_once(ds, tmp_path, capsys):
+    """The work directory's lock, taken here with the app's own function, refuses a run in one line naming the
+    folder (exit 2); the run makes no output folder and leaves the lock and the work directory as they were."""
+    from bhd_app.cli.run import work_dir_lock
+
+    work = tmp_path / "w"
+    work.mkdir()
+    with work_dir_lock(work) as lock:
+        before = _files(work)
+        code = main([str(ds), str(tmp_path / "out"), "participant", "-w", str(work), "--skip-bids-validation"])
+        err = _stderr_lines(capsys.readouterr().err)
+        assert code == 2 and len(err) == 1, err
+        assert err[0].startswith(f"bhd-app: error: {work}: another bhd-app run is using this work directory"), err
+        assert _files(work) == before and lock.is_file()
+        assert not (tmp_path / "out").exists()
+    assert not lock.exists()  # removed at the end of the run that held it
+
+
+def _wait_for(condition, seconds: float, proc: subprocess.Popen) -> None:
+    import time
+
+    end = time.monotonic() + seconds
+    while not condition():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.2)
+
+
+def test_the_lock_of_a_killed_run_never_blocks_the_next(ds, tmp_path):
+    """A real run holds the work directory: a second run there is refused at once; once the first is killed with
+    SIGKILL (its nipype workers, forked from it, left running), the next run proceeds, although the lock file of
+    the killed run is still there. ``--participant-label 99`` makes the second and third runs stop early."""
+    import signal
+
+    work, app = tmp_path / "w", _program("bhd-app")
+    common = [str(ds), str(tmp_path / "out"), "participant", "-w", str(work), "--skip-bids-validation"]
+    first = subprocess.Popen([app, *common, "--nprocs", "1", "--omp-nthreads", "1"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        # The first step of the job has started in a forked nipype worker.
+        _wait_for(lambda: any(p.is_dir() for p in work.glob("bhd_participant_wf/*/*")), 120, first)
+        second = subprocess.run([app, *common, "--participant-label", "99"], capture_output=True, text=True)
+        err = _stderr_lines(second.stderr)
+        assert second.returncode == 2 and len(err) == 1, err
+        assert f"{work}: another bhd-app run is using this work directory" in err[0], err
+        os.kill(first.pid, signal.SIGKILL)  # the run's own process only: its workers go on
+        first.wait(30)
+        assert (work / "bhd.lock").is_file()
+        third = subprocess.run([app, *common, "--participant-label", "99"], capture_output=True, text=True)
+        err = _stderr_lines(third.stderr)
+        assert third.returncode == 2 and len(err) == 1 and "--participant-label 99: not in" in err[0], err
+    finally:
+        try:
+            os.killpg(first.pid, signal.SIGKILL)  # the first run's workers
+        except ProcessLookupError:
+            pass
+        first.wait(30)

@@ -84,30 +84,93 @@ def temporary_dir_in(parent: Path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+LOCK_NAME = "bhd.lock"
+_held_locks: set[int] = set()  # the file descriptors of the work-directory locks this process holds
+
+
+class WorkDirInUse(BHDInputError):
+    """Another bhd-app run holds the work directory's lock."""
+
+
+def _close_held_locks() -> None:
+    """In a forked child (nipype's MultiProc workers): close the inherited lock descriptors, so that the lock goes
+    with the run's own process; a worker left running after its run was killed then holds no lock."""
+    for fd in _held_locks:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held_locks.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_locks)
+
+
 @contextmanager
-def removed_on_refusal(*paths: Path):
-    """Remove again what this run made if it is refused (BHDInputError): each of ``paths``, and each path given to
-    the yielded ``note``, that does not exist yet (with the parent folders that do not exist either).
+def work_dir_lock(work_dir: Path):
+    """Hold ``work_dir/bhd.lock`` with ``fcntl.flock`` for the run; WorkDirInUse at once if another run holds it.
 
-    A refused run then leaves no output folder, no work folder and no pybids index behind.
+    The OS releases the lock when the process ends, even by SIGKILL, so a lock file left behind never blocks.
+    The lock file is removed at the end, while it is still held.
     """
-    made: list[Path] = []
+    import fcntl
 
-    def note(path: Path) -> None:
-        top = None
-        for folder in (Path(path).absolute(), *Path(path).absolute().parents):
-            if folder.exists() or folder.is_symlink():
-                break
-            top = folder
-        if top is not None:
-            made.append(top)
-
-    for path in paths:
-        note(path)
+    path = Path(work_dir) / LOCK_NAME
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise WorkDirInUse(f"{work_dir}: another bhd-app run is using this work directory (it holds {path}); "
+                               "wait until it ends or give another work directory (-w)") from None
+        except OSError as err:  # a file system without locks: run unlocked
+            LOGGER.warning("%s: cannot lock the work directory (%s); make sure no other run uses it", path,
+                           err.strerror or err)
+            os.close(fd)
+            yield path
+            return
+        try:  # the run that held it may have removed the file just before it let go: then lock the new one
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    _held_locks.add(fd)
     try:
-        yield note
-    except BHDInputError:
-        for path in reversed(made):
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+        _held_locks.discard(fd)
+        os.close(fd)
+
+
+def first_missing(path: Path) -> Path | None:
+    """The topmost folder of ``path`` (itself included) that does not exist yet: what creating it would make."""
+    top = None
+    for folder in (Path(path).absolute(), *Path(path).absolute().parents):
+        if folder.exists() or folder.is_symlink():
+            break
+        top = folder
+    return top
+
+
+@contextmanager
+def removed_on_refusal(*made: Path | None, keep: Path | None = None):
+    """Remove ``made`` (paths this run creates; None: nothing) again if the run is refused (BHDInputError).
+
+    A refused run then leaves no output folder, no work folder and no pybids index behind. When the refusal is
+    that another run holds the work directory (WorkDirInUse), ``keep`` (the work directory) and its parents stay.
+    """
+    try:
+        yield
+    except BHDInputError as err:
+        for path in reversed([p for p in made if p is not None]):
+            if isinstance(err, WorkDirInUse) and keep is not None and (path == keep or path in keep.parents):
+                continue
             shutil.rmtree(path, ignore_errors=True)
         raise
 
@@ -134,11 +197,14 @@ def run_participant(args) -> int:
         harmonization_settings(args, suffix)  # a combination that cannot run stops here, before any file
     plugin_args = plugin_arguments(args.plugin_args)
     work_dir = args.work_dir or Path.cwd() / "work"
-    # A refusal below leaves nothing: the folders and the pybids index this run made are removed again.
-    with removed_on_refusal(args.output_dir, work_dir) as note:
+    # A refusal below leaves nothing: the folders and the pybids index this run made are removed again, those in
+    # the work directory while the run holds its lock (a second run on it is refused at once).
+    new_out, new_work = first_missing(args.output_dir), first_missing(work_dir)
+    with removed_on_refusal(new_out, keep=work_dir):
         check_output_dir(args.bids_dir, args.output_dir, work_dir)
-        note(layout_database_dir(args.bids_dir, work_dir / "pybids"))
-        return _run_participant(args, work_dir, plugin_args)
+        with work_dir_lock(work_dir), removed_on_refusal(
+                new_work, first_missing(layout_database_dir(args.bids_dir, work_dir / "pybids"))):
+            return _run_participant(args, work_dir, plugin_args)
 
 
 def _run_participant(args, work_dir: Path, plugin_args: dict) -> int:
