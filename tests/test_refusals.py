@@ -175,3 +175,57 @@ def test_the_lock_of_a_killed_run_never_blocks_the_next(ds, tmp_path):
         except ProcessLookupError:
             pass
         first.wait(30)
+
+
+# ---------------------------------------------------------------------------------------------- participants.tsv
+
+
+BROKEN_PARTICIPANTS = {  # name: (the bytes of participants.tsv, a phrase of the warning)
+    "not_utf8": ("participant_id\tage\tsite\nsub-01\t34\tK\u00f6ln\nsub-02\t61\tM\u00fcnchen\n".encode("latin-1"),
+                 "not UTF-8 text (byte 0xf6"),
+    "short_row": (b"participant_id\tage\tsex\nsub-01\t34\tF\nsub-02\n", "line 3 has 1 column(s), the header 3"),
+    "long_row": (b"participant_id\tage\tsex\nsub-01\t34\tF\tx\n", "line 2 has 4 column(s), the header 3"),
+    "binary": (bytes(range(256)) * 4, "not UTF-8 text"),
+    "nul_bytes": (b"participant_id\tage\nsub-01\x00\x00\t34\n", "binary data (NUL bytes)"),
+    "no_participant_id": (b"subject\tage\n01\t34\n", "no participant_id column"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_PARTICIPANTS))
+def test_a_broken_participants_tsv_is_skipped_with_one_warning(tmp_path, caplog, case):
+    from bhd_app.pipeline.group import read_participants
+
+    data, phrase = BROKEN_PARTICIPANTS[case]
+    (tmp_path / "participants.tsv").write_bytes(data)
+    assert read_participants(tmp_path) == {}
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and len(warnings[0].splitlines()) == 1, warnings
+    assert warnings[0].startswith(f"{tmp_path / 'participants.tsv'}: ") and phrase in warnings[0], warnings
+    assert "age analysis skipped" in warnings[0]
+
+
+def test_a_valid_participants_tsv_is_read(tmp_path, caplog):
+    """CRLF line ends, a byte-order mark, n/a and blank lines are fine."""
+    from bhd_app.pipeline.group import read_participants
+
+    text = "\ufeffparticipant_id\tage\tsex\r\nsub-01\t34\tF\r\n02\tn/a\t\r\n\r\n"
+    (tmp_path / "participants.tsv").write_bytes(text.encode())
+    assert read_participants(tmp_path) == {"01": {"age": 34.0, "sex": "F"}, "02": {"age": None, "sex": None}}
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_the_group_level_goes_on_without_a_readable_participants_tsv(participant_run, tmp_path, capsys, caplog):
+    """A participants.tsv in Latin-1 (a spreadsheet's export): it stopped the group level with a traceback after
+    the minutes of segmentation; now one warning naming it, and the group outputs are written."""
+    import shutil
+
+    ds, out = tmp_path / "ds", tmp_path / "out"
+    shutil.copytree(participant_run.ds, ds)
+    shutil.copytree(participant_run.out, out, ignore=shutil.ignore_patterns("group_*"))
+    (ds / "participants.tsv").write_bytes(BROKEN_PARTICIPANTS["not_utf8"][0])
+    assert main([str(ds), str(out), "group"]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and str(ds / "participants.tsv") in warnings[0], warnings
+    assert "age analysis skipped" in warnings[0]
+    assert "Traceback" not in capsys.readouterr().err
+    assert (out / "group_report.html").is_file() and (out / "group_bhd.tsv").is_file()

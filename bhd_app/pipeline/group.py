@@ -123,19 +123,45 @@ def group_tsv(records: list[dict]) -> str:
 
 
 def read_participants(bids_dir: Path) -> dict[str, dict]:
-    """participants.tsv as {subject label (no 'sub-'): {'age': float or None, 'sex': str or None}}; {} if absent."""
+    """participants.tsv as {subject label (no 'sub-'): {'age': float or None, 'sex': str or None}}; {} if absent.
+
+    A file that cannot be read as a table (not UTF-8, binary data, a row with another number of columns than the
+    header, no participant_id column) gives {} and one warning line naming it: the age analysis is skipped and the
+    group level goes on.
+    """
     path = Path(bids_dir) / "participants.tsv"
     if not path.is_file():
         return {}
     out = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f, delimiter="\t"):
-            label = str(row.get("participant_id", "")).removeprefix("sub-")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+        if "\0" in text:
+            raise ValueError("binary data (NUL bytes), not a table")
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t")
+        header = next(reader, [])
+        if "participant_id" not in header:
+            raise ValueError("no participant_id column in its first line")
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                raise ValueError(f"line {reader.line_num} has {len(row)} column(s), the header {len(header)}")
+            values = dict(zip(header, row))
             try:
-                age = float(row.get("age", ""))
-            except ValueError:
+                age = float(values.get("age", ""))
+            except ValueError:  # n/a
                 age = None
-            out[label] = {"age": age, "sex": (row.get("sex") or "").strip() or None}
+            out[values["participant_id"].strip().removeprefix("sub-")] = {
+                "age": age if age is not None and np.isfinite(age) else None,
+                "sex": values.get("sex", "").strip() or None}
+    except UnicodeDecodeError as err:
+        LOGGER.warning("%s: not UTF-8 text (byte 0x%02x at offset %d); age analysis skipped; save it as UTF-8",
+                       path, err.object[err.start], err.start)
+        return {}
+    except (OSError, ValueError, csv.Error) as err:
+        LOGGER.warning("%s: %s; age analysis skipped; fix the file (tab-separated, UTF-8, as many columns in every "
+                       "row as in the header)", path, getattr(err, "strerror", None) or err)
+        return {}
     return out
 
 
