@@ -229,3 +229,27 @@ def test_the_group_level_goes_on_without_a_readable_participants_tsv(participant
     assert "age analysis skipped" in warnings[0]
     assert "Traceback" not in capsys.readouterr().err
     assert (out / "group_report.html").is_file() and (out / "group_bhd.tsv").is_file()
+
+
+# ---------------------------------------------------------------------------------------------- --bids-filter-file
+
+
+@pytest.mark.parametrize("key, phrase", [("Acquisition", "did you mean the entity 'acquisition'?"),
+                                         ("Manufactorer", "check its spelling")])
+def test_a_filter_key_that_is_no_entity_and_no_metadata_key_is_one_line_error(ds, tmp_path, capsys, key, phrase):
+    """A capitalized key filters on metadata; one that no sidecar has (an entity written with a capital) ended in
+    pybids' traceback; now one line naming the key and the filter file, exit 2, nothing written."""
+    from bhd_app.pipeline.bids import collect_jobs, load_layout
+
+    filters = tmp_path / "filters.json"
+    filters.write_text('{"t1w": {"%s": "mprage"}}' % key)
+    code = main([str(ds), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "w"), "--skip-bids-validation",
+                 "--bids-filter-file", str(filters)])
+    err = _stderr_lines(capsys.readouterr().err)
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"bhd-app: error: {filters}: t1w.{key} is neither a BIDS entity nor a metadata key")
+    assert phrase in err[0], err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "w").exists()
+    # A metadata key that the sidecars have filters as before.
+    jobs = collect_jobs(load_layout(ds), bids_filters={"t1w": {"Manufacturer": "Siemens"}})
+    assert [j.name for j in jobs] == ["sub-02_ses-vida_T1w"]

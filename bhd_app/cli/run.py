@@ -220,7 +220,8 @@ def _run_participant(args, work_dir: Path, plugin_args: dict) -> int:
     if not args.skip_bids_validation:
         _validate_input(args.bids_dir)
     filters = load_bids_filters(args.bids_filter_file) if args.bids_filter_file else None
-    jobs = collect_jobs(layout, args.participant_label, args.session_label, filters, suffixes=tuple(args.contrasts))
+    jobs = collect_jobs(layout, args.participant_label, args.session_label, filters, suffixes=tuple(args.contrasts),
+                        filters_origin=str(args.bids_filter_file or "BIDS filters"))
     select_device(args.device)
     if args.model is not None and not args.model.is_file():
         raise BHDInputError(f"{args.model}: model file not found; check the --model path (a .pt file with its "

@@ -290,6 +290,24 @@ def _check_filters(filters: Any, origin: str) -> dict:
     return checked
 
 
+def _check_metadata_keys(layout, filters: dict, origin: str) -> None:
+    """BHDInputError unless each capitalized filter key (a metadata filter) is a metadata key of some file of the
+    dataset: pybids refuses it with a traceback otherwise (an entity written with a capital, "Acquisition")."""
+    from bids.layout.models import Config
+
+    keys = [(section, key) for section, query in filters.items() for key in query if key[:1].isupper()]
+    if not keys:
+        return
+    metadata = set(layout.get_entities(metadata=True))
+    entities = set(Config.load("bids").entities)
+    for section, key in keys:
+        if key not in metadata:
+            hint = (f"; did you mean the entity {key.lower()!r}? (entity names are lower case)"
+                    if key.lower() in entities else "; check its spelling against the JSON sidecars")
+            raise BHDInputError(f"{origin}: {section}.{key} is neither a BIDS entity nor a metadata key of any "
+                                f"file in {layout.root}{hint}")
+
+
 def _query_value(value: Any) -> Any:
     from bids.layout import Query
 
@@ -307,16 +325,19 @@ def _some(labels: list[str], limit: int = 20) -> str:
 
 def collect_jobs(layout, participant_labels: Iterable[str] | None = None,
                  session_labels: Iterable[str] | None = None, bids_filters: dict | None = None,
-                 suffixes: Iterable[str] = ("T1w",)) -> list[Job]:
+                 suffixes: Iterable[str] = ("T1w",), filters_origin: str = "BIDS filters") -> list[Job]:
     """Every requested anatomical image (each run/acquisition its own Job), sorted.
 
     Unknown participant or session labels raise BHDInputError listing the available ones, as
     does a requested participant with no image; unrequested subjects without one are skipped.
+    So does a capitalized filter key that no file has as a metadata key (``filters_origin``: the
+    filter file, named in the message).
     """
     suffixes = tuple(suffixes)
     if not suffixes or any(s not in SUFFIXES for s in suffixes):
         raise ValueError(f"suffixes must be among {SUFFIXES}, got {suffixes}")
-    filters = _check_filters(bids_filters or {}, "BIDS filters")
+    filters = _check_filters(bids_filters or {}, filters_origin)
+    _check_metadata_keys(layout, filters, filters_origin)
     root = layout.root
 
     available = sorted(layout.get_subjects())
