@@ -253,3 +253,30 @@ def test_a_filter_key_that_is_no_entity_and_no_metadata_key_is_one_line_error(ds
     # A metadata key that the sidecars have filters as before.
     jobs = collect_jobs(load_layout(ds), bids_filters={"t1w": {"Manufacturer": "Siemens"}})
     assert [j.name for j in jobs] == ["sub-02_ses-vida_T1w"]
+
+
+# ---------------------------------------------------------------------------------------------- complex voxels
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "complex128"])
+def test_an_image_with_complex_voxels_fails_alone_before_any_work(examples, tmp_path, capsys, dtype):
+    """A complex-valued NIfTI (datatype complex64/complex128) was cast to real without naming the file (its
+    imaginary part dropped) and harmonized; now its job fails before any work in one line naming the file, as other
+    broken images do."""
+    import nibabel as nib
+    import numpy as np
+
+    ds = small_dataset(examples, tmp_path / "ds", [VIDA])
+    bad = ds / "sub-02" / "ses-vida" / "anat" / "sub-02_ses-vida_T1w.nii.gz"
+    img = nib.load(bad)
+    data = np.asarray(img.dataobj, dtype=np.float64)
+    nib.save(nib.Nifti1Image((data * np.exp(0.3j)).astype(dtype), img.affine), bad)
+    assert nib.load(bad).get_data_dtype() == np.dtype(dtype)
+    out = tmp_path / "out"
+    code = main([str(ds), str(out), "participant", "-w", str(tmp_path / "w"), "--skip-bids-validation"])
+    err = _stderr_lines(capsys.readouterr().err)
+    failed = [ln for ln in err if "FAILED" in ln]
+    assert code == 1 and len(failed) == 1, err
+    assert str(bad) in failed[0] and f"complex-valued voxels (NIfTI datatype {dtype})" in failed[0], failed
+    assert not any("Traceback" in ln for ln in err)
+    assert not list(out.glob("sub-*/**/*.nii.gz")) and list((out / "logs").glob("crash-*input_check.txt"))

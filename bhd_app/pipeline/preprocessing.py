@@ -98,7 +98,7 @@ def load_anatomical(path: str | os.PathLike) -> nib.Nifti1Image:
 
     A 4D image with one volume is squeezed. NaN/Inf voxels (some converters mark outside-FOV
     voxels that way) are set to 0 with a warning; an all-zero or constant image is an error, as is
-    a voxel size ratio above MAX_ANISOTROPY.
+    a voxel size ratio above MAX_ANISOTROPY, as are complex-valued voxels (never cast to real).
     """
     path = Path(path)
     if path.is_symlink() and not path.exists():
@@ -112,13 +112,18 @@ def load_anatomical(path: str | os.PathLike) -> nib.Nifti1Image:
         raise BHDInputError(f"{path}: cannot be opened ({exc.strerror}); check its permissions") from exc
     try:
         img = nib.load(path)
-        data = np.asarray(img.dataobj, dtype=np.float32)  # reads every byte: a truncated file fails here
+        stored = np.dtype(img.get_data_dtype())
+        # reads every byte: a truncated file fails here (complex voxels are refused below, not cast to real)
+        data = None if stored.kind == "c" else np.asarray(img.dataobj, dtype=np.float32)
         affine = np.asarray(img.affine, dtype=float)
     except Exception as exc:  # nibabel raises EOFError, zlib.error, ValueError, ImageFileError, ...
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())
         raise BHDInputError(
             f"{path}: cannot be read as a NIfTI image ({reason}); re-export or re-download it"
         ) from exc
+    if data is None:
+        raise BHDInputError(f"{path}: complex-valued voxels (NIfTI datatype {stored.name}); pass a real-valued "
+                            "magnitude image (e.g. the magnitude reconstruction, or the modulus of this one)")
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
