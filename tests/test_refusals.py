@@ -280,3 +280,21 @@ def test_an_image_with_complex_voxels_fails_alone_before_any_work(examples, tmp_
     assert str(bad) in failed[0] and f"complex-valued voxels (NIfTI datatype {dtype})" in failed[0], failed
     assert not any("Traceback" in ln for ln in err)
     assert not list(out.glob("sub-*/**/*.nii.gz")) and list((out / "logs").glob("crash-*input_check.txt"))
+
+
+# ---------------------------------------------------------------------------------------------- the README demo
+
+
+def test_the_readme_demo_folders_are_ignored_by_git():
+    """The README's demo command writes its output and work folders into the checkout; git ignores both."""
+    import re
+    import shutil
+
+    repo = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (repo / ".git").exists():
+        pytest.skip("not a git checkout")
+    demo = re.search(r"bhd-app (\S+) (\S+) participant -w (\S+)", (repo / "README.md").read_text())
+    assert demo, "the README's demo command"
+    for folder in demo.group(2, 3):
+        check = subprocess.run(["git", "check-ignore", "-q", f"{folder}/derivative.nii.gz"], cwd=repo)
+        assert check.returncode == 0, f"{folder}/ is not in .gitignore"
