@@ -8,6 +8,7 @@ subject rendered on a coarse 32^3 grid (conftest ``small_grid``).
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 import json
 import os
 import subprocess
@@ -381,3 +382,21 @@ def test_a_worker_forked_after_the_model_check_runs_torch_on_several_threads():
     if hung:
         worker.kill()
     assert not hung and worker.exitcode == 0 and queue.get(timeout=5) > 0
+
+
+def test_apply_method_runs_each_method_as_the_participant_level_does(small_subject):
+    source, mask = small_subject["vision15t"], small_subject["mask"]
+    quantiles = np.linspace(0.0, 1.0, 101, dtype=np.float32) ** 2
+    model = in_memory(random_net(4), quantiles=quantiles)
+    from bhd_app.config import T1W
+    from bhd_app.method.harmonize import apply_method
+
+    none = apply_method(model, source, mask, replace(T1W, method="none"))
+    np.testing.assert_array_equal(none["harmonized"], source)
+    matched = apply_method(model, source, mask, replace(T1W, method="histmatch"))["harmonized"]
+    np.testing.assert_array_equal(matched, histogram_matching(source, mask, quantiles))
+    bhd = apply_method(model, source, mask, replace(T1W, method="bhd", start_from="histmatch"))
+    np.testing.assert_array_equal(bhd["harmonized"], harmonize(model, source, mask, T1W, start_from="histmatch")
+                                  ["harmonized"])
+    with pytest.raises(ValueError, match="unknown method"):
+        apply_method(model, source, mask, replace(T1W, method="histogram"))

@@ -16,7 +16,7 @@ import torch
 
 from ..config import REFINE_REFERENCES, START_FROM, T1W, HarmonizationSettings
 from ..errors import BHDInputError
-from .baselines import histogram_matching
+from .baselines import histogram_matching, spectrum_swapping
 from .edges import canny_edges
 from .flow import from_flow_space, sample, to_flow_space
 from .grid import coarsen, coarsen_mask, refine_grid
@@ -139,3 +139,24 @@ def harmonize(model: HarmonizationModel, source: np.ndarray, mask: np.ndarray,
     harmonized[mask == 0] = 0
     return {"edge_map": refine_grid(edge_map, source.shape, factor, order=0), "generated": generated,
             "harmonized": harmonized, "refinement_history": history, "uncertainty": uncertainty}
+
+
+def apply_method(model: HarmonizationModel | None, source: np.ndarray, mask: np.ndarray,
+                 settings: HarmonizationSettings = T1W, *, edge_map: np.ndarray | None = None
+                 ) -> dict[str, np.ndarray | list]:
+    """The participant level's harmonization of one preprocessed image (D, H, W) by ``settings.method``:
+    ``bhd`` (``harmonize``), or a blind baseline of section 4.4 (``histmatch``: histogram matching to the
+    model's target quantiles; ``ssimh``: the target's low-frequency spectrum) or ``none`` (the source).
+    Returns ``harmonize``'s keys; a baseline's ``generated`` is its output and its edge map the source's."""
+    if settings.method == "bhd":
+        return harmonize(model, source, mask, settings, edge_map=edge_map)
+    if settings.method == "histmatch":
+        out = histogram_matching(source, mask, model.target_quantiles)
+    elif settings.method == "ssimh":
+        out = spectrum_swapping(source, mask, model.ssimh_spectrum())
+    elif settings.method == "none":
+        out = source.copy()
+    else:
+        raise ValueError(f"unknown method {settings.method!r}")
+    return {"edge_map": canny_edges(source)[0], "generated": out, "harmonized": out, "refinement_history": [],
+            "uncertainty": None}

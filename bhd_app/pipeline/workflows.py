@@ -16,6 +16,7 @@ from pathlib import Path
 from nipype.interfaces.utility import Function
 from nipype.pipeline import engine as pe
 
+from ..config import HarmonizationSettings
 from .bids import Job
 
 
@@ -72,9 +73,8 @@ def run_harmonization(preproc_file: str, mask_file: str, settings: dict, device:
     import torch
 
     from bhd_app.config import HarmonizationSettings
-    from bhd_app.method.baselines import SSIMH_CUTOFF, histogram_matching, spectrum_swapping
-    from bhd_app.method.edges import canny_edges
-    from bhd_app.method.harmonize import harmonize
+    from bhd_app.method.baselines import SSIMH_CUTOFF
+    from bhd_app.method.harmonize import apply_method
     from bhd_app.modelfile import load_model, select_device
     from bhd_app.pipeline.workflows import save_nifti
 
@@ -86,17 +86,7 @@ def run_harmonization(preproc_file: str, mask_file: str, settings: dict, device:
     start = time.monotonic()
     method = settings["method"]
     model = load_model(settings.get("model"), select_device(device)) if method != "none" else None
-    if method == "bhd":
-        result = harmonize(model, source, mask, HarmonizationSettings.from_dict(settings))
-    else:
-        edge_map, _ = canny_edges(source)
-        if method == "histmatch":
-            out = histogram_matching(source, mask, model.target_quantiles)
-        elif method == "ssimh":
-            out = spectrum_swapping(source, mask, model.ssimh_spectrum())
-        else:
-            out = source.copy()
-        result = {"edge_map": edge_map, "generated": out, "harmonized": out, "refinement_history": []}
+    result = apply_method(model, source, mask, HarmonizationSettings.from_dict(settings))
     files = {"uncertainty": ""}  # written only when several draws were averaged
     for key, dtype in (("harmonized", "float32"), ("generated", "float32"), ("edge_map", "uint8"),
                        ("uncertainty", "float32")):
@@ -187,7 +177,7 @@ def init_job_wf(job: Job, out_dir: Path, bids_dir: Path, settings: dict, device:
                 settings=settings, device=device, omp_nthreads=omp_nthreads)
     nat = _node(run_to_native, ["grid_file", "xfm_file", "in_file", "preproc_file", "native_preproc_file",
                                 "native_mask_file", "native"], ["out_file"], "to_native",
-                in_file=str(job.path), native=settings.get("native", "resample"))
+                in_file=str(job.path), native=HarmonizationSettings.from_dict(settings).native)
     out = _node(run_derivatives, ["job_json", "out_dir", "bids_dir", "settings", "preproc_file", "mask_file",
                                   "xfm_file", "preproc_info", "harmonized_file", "generated_file", "edges_file",
                                   "harmonization_info", "native_file", "native_mask_file", "uncertainty_file"],
