@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -21,33 +22,88 @@ def _derivative_files(out: Path) -> list[Path]:
     return [p for p in out.rglob("sub-*") if p.is_file()]
 
 
-def test_each_contrast_gets_its_own_defaults_and_options_override_them(tmp_path):
+def _settings(tmp_path, *options: str) -> dict[str, config.HarmonizationSettings]:
+    args = build_parser().parse_args([str(tmp_path), str(tmp_path / "out"), "participant", *options])
+    return {suffix: harmonization_settings(args, suffix) for suffix in config.CONTRASTS}
+
+
+def test_each_contrast_gets_its_presets_settings_and_a_settings_file_changes_them(tmp_path):
     """T1w starts late from the histogram-matched source and refines; T2w (contrast conversion, section 4.8)
-    starts from noise, averages several draws and does not refine; an option given on the command line wins."""
-    common = [str(tmp_path), str(tmp_path / "out"), "participant"]
-    args = build_parser().parse_args(common)
-    t1w, t2w = harmonization_settings(args, "T1w"), harmonization_settings(args, "T2w")
-    assert t1w == config.T1W and t2w == config.CONTRAST_CONVERSION
-    assert t2w.start_time == 0.0 and t2w.refinement == "none" and t2w.samples > t1w.samples
-    args = build_parser().parse_args([*common, "--samples", "2", "--start-time", "0.5", "--solver", "euler"])
-    for suffix in ("T1w", "T2w"):
-        assert harmonization_settings(args, suffix).samples == 2
-        assert harmonization_settings(args, suffix).start_time == 0.5
-        assert harmonization_settings(args, suffix).solver == "euler"
+    starts from noise, averages several draws and does not refine; --preset names a whole recipe; a settings
+    file's top level changes every contrast, its [T2w] table that contrast only, and --seed wins over both."""
+    default = _settings(tmp_path)
+    assert default == {"T1w": config.T1W, "T2w": config.CONTRAST_CONVERSION}
+    assert default["T2w"].start_time == 0.0 and default["T2w"].refinement == "none"
+    assert default["T2w"].samples > default["T1w"].samples
+    paper = _settings(tmp_path, "--preset", "paper")
+    assert paper == config.PRESETS["paper"]
+    assert (paper["T1w"].start_time, paper["T1w"].solver, paper["T1w"].steps) == (0.0, "midpoint", 2)
+    assert (paper["T1w"].refinement, paper["T1w"].refine_reference, paper["T1w"].refine_step_rule,
+            paper["T1w"].refine_step, paper["T1w"].refine_iterations) == ("ncc", "source", "paper", 0.02, 6)
+    assert paper["T2w"].refinement == "none"
+    assert _settings(tmp_path, "--preset", "conversion")["T1w"] == config.CONTRAST_CONVERSION
+    file = tmp_path / "expert.toml"
+    file.write_text('samples = 2\nstart_time = 0.5\nseed = 4\n\n[T2w]\nsolver = "euler"\nsamples = 3\n')
+    changed = _settings(tmp_path, "--config", str(file), "--seed", "9")
+    assert changed["T1w"] == replace(config.T1W, samples=2, start_time=0.5, seed=9)
+    assert changed["T2w"] == replace(config.CONTRAST_CONVERSION, samples=3, start_time=0.5, solver="euler", seed=9)
+    json_file = tmp_path / "expert.json"
+    json_file.write_text(json.dumps({"T1w": {"refinement": "ncc", "refine_iterations": 3}}))
+    changed = _settings(tmp_path, "--preset", "paper", "--config", str(json_file))
+    assert changed["T1w"] == replace(config.PAPER, refine_iterations=3) and changed["T2w"] == paper["T2w"]
+
+
+@pytest.mark.parametrize("text, key, says", [
+    ("stepz = 2\n", "'stepz'", "valid keys: method, steps"),
+    ("[T1w]\nsolver = \"heun\"\n", "T1w.solver", "not one of euler, midpoint"),
+    ("steps = \"2\"\n", "steps", "must be an integer"),
+    ("samples = 0\n", "samples", "at least 1"),
+    ("start_time = 1.0\n", "start_time", "in [0, 1)"),
+    ("refine_step = true\n", "refine_step", "must be a number"),
+    ("[T3w]\nsteps = 2\n", "'T3w'", "the tables [T1w], [T2w]"),
+    ("T1w = 2\n", "'T1w'", "must be a table"),
+    ("steps = \n", "invalid TOML", "line 1"),
+    ("refinement = \"mi\"\n", "refinement 'mi'", "refine_step_rule = \"rms\""),
+])
+def test_a_bad_settings_file_is_one_line_naming_the_file_and_key_and_nothing_is_written(tmp_path, capsys, text,
+                                                                                        key, says):
+    """Through the command line: exit 2 before the output or work folder exists."""
+    file = tmp_path / "settings.toml"
+    file.write_text(text)
+    out, work = tmp_path / "out", tmp_path / "work"
+    code = main([str(tmp_path), str(out), "participant", "--config", str(file), "-w", str(work)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and str(file) in err[0] and key in err[0] and says in err[0], err
+    assert not out.exists() and not work.exists()
+
+
+def test_the_sampler_options_are_settings_file_keys_not_options(tmp_path, capsys):
+    """--steps & co. left the command line for --config; a missing settings file or an unknown preset is one line."""
+    for argv in (["--steps", "2"], ["--config", str(tmp_path / "missing.toml")], ["--preset", "fast"]):
+        with pytest.raises(SystemExit) as exit_:
+            main([str(tmp_path), str(tmp_path / "out"), "participant", *argv])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_.value.code == 2 and len(err) == 1 and argv[0] in err[0] and "--help" in err[0], err
+    bad_json = tmp_path / "settings.json"
+    bad_json.write_text('{"steps": 2,}')
+    assert main([str(tmp_path), str(tmp_path / "out"), "participant", "--config", str(bad_json)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(bad_json) in err[0] and "invalid JSON" in err[0]
 
 
 def test_each_default_is_defined_once_in_the_settings_layer(tmp_path):
-    """The parser's defaults are the T1w preset's, None exactly for the contrast-dependent fields; the
-    library's harmonize() and the validator take the same preset."""
+    """The parser leaves every harmonization setting to the preset (--method and --seed: None unless given);
+    the library's harmonize() and the validator take the default preset's T1w settings."""
     import inspect
 
     from bhd_app.method.harmonize import harmonize
     from bhd_app.training.validation import validate
 
     parser = build_parser()
-    for name, value in config.T1W.to_dict().items():
-        expected = None if name in config.CONTRAST_DEPENDENT else value
-        assert parser.get_default(name) == expected, name
+    assert parser.get_default("preset") == config.DEFAULT_PRESET
+    assert parser.get_default("method") is None and parser.get_default("seed") is None
+    assert config.preset("T1w") is config.PRESETS[config.DEFAULT_PRESET]["T1w"] is config.T1W
     assert {"samples", "refinement"} <= set(config.CONTRAST_DEPENDENT)
     assert inspect.signature(harmonize).parameters["settings"].default is config.T1W
     assert inspect.signature(validate).parameters["settings"].default is config.T1W
@@ -74,15 +130,20 @@ def test_every_shipped_model_loads_with_a_card_of_todays_defaults_and_its_traini
             assert "IXI" in model.card["credit"] and "CC BY-SA" in model.card["license"], name
 
 
-def test_help_states_the_contrast_dependent_defaults_without_none(capsys):
+def test_help_shows_what_a_user_decides_and_each_presets_recipe(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "default: None" not in text
-    for name in config.CONTRAST_DEPENDENT:
-        t1w, t2w = getattr(config.T1W, name), getattr(config.CONTRAST_CONVERSION, name)
-        assert f"default {t1w} for T1w, {t2w} for T2w" in text, name
-    assert f"(default: {config.T1W.refine_step})" in text
+    for option in ("--participant-label", "--contrasts", "--method", "--model", "--preset", "--config", "--nprocs",
+                   "--plugin", "--work-dir", "--device", "--seed"):
+        assert option in text, option
+    for option in ("--steps", "--solver", "--start-time", "--samples", "--refinement", "--refine-step",
+                   "--split-sigma", "--native"):
+        assert f"{option} " not in text, option
+    for name, contrasts in config.PRESETS.items():
+        for suffix, settings in contrasts.items():
+            assert f"{suffix} {config.summary(settings)}" in text, (name, suffix)
 
 
 def test_not_a_bids_folder_is_one_line_error(tmp_path, capsys):
@@ -93,20 +154,19 @@ def test_not_a_bids_folder_is_one_line_error(tmp_path, capsys):
     assert len(err) == 1 and "dataset_description.json" in err[0] and str(tmp_path / "in") in err[0]
 
 
-def test_mi_refinement_under_the_paper_step_rule_is_one_line_error(examples, tmp_path, capsys):
+def test_mi_refinement_under_the_paper_step_rule_is_one_line_error(tmp_path, capsys):
     """The paper's step (x += 0.02 N grad) is NCC's; on MI's gradient it wrecked the image (10-12 dB), so the
     combination stops before any file is written; with the rms step rule MI runs."""
-    ds = _small_dataset(examples, tmp_path / "ds", [("02", "vida", "T1w")])
+    file = tmp_path / "mi.toml"
+    file.write_text('[T1w]\nrefinement = "mi"\n')
     out = tmp_path / "out"
-    code = main([str(ds), str(out), "participant", "--refinement", "mi", "-w", str(tmp_path / "w"),
-                 "--skip-bids-validation"])
+    code = main([str(tmp_path), str(out), "participant", "--config", str(file), "-w", str(tmp_path / "w")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert len(err) == 1 and "--refine-step-rule rms" in err[0]
+    assert len(err) == 1 and 'refine_step_rule = "rms"' in err[0] and str(file) in err[0] and "T1w" in err[0]
     assert not out.exists()
-    args = build_parser().parse_args([str(ds), str(out), "participant", "--refinement", "mi",
-                                      "--refine-step-rule", "rms"])
-    assert harmonization_settings(args, "T1w").refinement == "mi"
+    file.write_text('[T1w]\nrefinement = "mi"\nrefine_step_rule = "rms"\n')
+    assert _settings(tmp_path, "--config", str(file))["T1w"].refinement == "mi"
 
 
 def test_unknown_participant_label_lists_the_available_ones(examples, tmp_path, capsys):
@@ -242,6 +302,26 @@ def test_ssimh_method_through_the_cli(participant_run, tmp_path):
     assert sidecar["Harmonization"]["method"] == "ssimh" and sidecar["Harmonization"]["SSIMHCutoff"] == 16
     assert image.min() >= 0 and image.max() <= 1
     assert np.abs(image - preproc).mean() > 1e-3 and np.abs(image - bhd_image).mean() > 1e-3
+
+
+def test_a_preset_and_a_settings_file_through_the_cli_are_recorded(participant_run, tmp_path):
+    """--preset paper with a settings file: the harmonized image's sidecar holds the preset, the file and every
+    resolved setting; the methods text names the preset and the file; the image is the paper route's, not the
+    default's."""
+    file = tmp_path / "expert.toml"
+    file.write_text("[T1w]\nrefine_iterations = 3\n")
+    anat = _rerun(participant_run, tmp_path / "out", "--preset", "paper", "--config", str(file))
+    image, sidecar = _harmonized(anat)
+    recorded = sidecar["Harmonization"]
+    assert recorded["preset"] == "paper" and recorded["settings_file"] == str(file)
+    expected = replace(config.PAPER, refine_iterations=3).to_dict()
+    assert {k: recorded[k] for k in expected} == expected
+    citation = (tmp_path / "out" / "logs" / "CITATION.md").read_text()
+    assert "preset 'paper', changed by the settings file expert.toml" in citation
+    default_image, default_sidecar = _harmonized(participant_run.out / "sub-02" / "ses-vida" / "anat")
+    assert default_sidecar["Harmonization"]["preset"] == config.DEFAULT_PRESET
+    assert "settings_file" not in default_sidecar["Harmonization"]
+    assert np.abs(image - default_image).mean() > 1e-3
 
 
 def test_a_new_model_redoes_cached_harmonization(participant_run, tmp_path):

@@ -239,7 +239,8 @@ def test_methods_text_names_the_settings_the_model_of_each_contrast_and_the_refe
 
 @pytest.mark.slow
 def test_samples_4_writes_an_uncertainty_map_the_report_shows(examples, tmp_path):
-    """One real job with --samples 4: the desc-uncertainty derivative, its sidecar, the report, the validator."""
+    """One real job with samples = 4 (a --config file): the desc-uncertainty derivative, its sidecar, the report,
+    the validator."""
     import json
 
     import nibabel as nib
@@ -249,8 +250,9 @@ def test_samples_4_writes_an_uncertainty_map_the_report_shows(examples, tmp_path
 
     ds = small_dataset(examples, tmp_path / "ds", [("03", "sonata", "T1w")])
     out = tmp_path / "out"
+    (tmp_path / "samples.toml").write_text("samples = 4\n")
     assert main([str(ds), str(out), "participant", "-w", str(tmp_path / "w"), "--skip-bids-validation",
-                 "--nprocs", "1", "--samples", "4"]) == 0
+                 "--nprocs", "1", "--config", str(tmp_path / "samples.toml")]) == 0
     anat = out / "sub-03" / "ses-sonata" / "anat"
     path = anat / "sub-03_ses-sonata_space-MNI152NLin2009aSym_res-1p2_desc-uncertainty_T1w.nii.gz"
     sd = np.asarray(nib.load(path).dataobj)

@@ -7,19 +7,15 @@ import os
 from pathlib import Path
 
 from .. import __version__
-from ..config import (CONTRAST_CONVERSION, CONTRAST_DEPENDENT, DEFAULT_MODELS, METHODS, NATIVE, REFINEMENTS,
-                      REFINE_REFERENCES, SHIPPED_MODELS, SOLVERS, START_FROM, STEP_RULES, T1W, model_path)
-
-def _default(name: str):
-    """A harmonization option's default: the T1w preset's, or None where the contrast decides (``config.preset``)."""
-    return None if name in CONTRAST_DEPENDENT else getattr(T1W, name)
+from ..config import (DEFAULT_MODELS, DEFAULT_PRESET, METHODS, PRESETS, PRESETS_WHAT, SHIPPED_MODELS, T1W,
+                      model_path, summary)
 
 
-def _note(name: str) -> str:
-    """Help text for an option whose default depends on the contrast (argparse shows the others' itself)."""
-    if name not in CONTRAST_DEPENDENT:
-        return ""
-    return f" (default {getattr(T1W, name)} for T1w, {getattr(CONTRAST_CONVERSION, name)} for T2w)"
+def _preset_help() -> str:
+    """--preset's help: each preset's contrasts in a few words (``config.summary``)."""
+    return " ".join(f"{name} ({PRESETS_WHAT[name]}): "
+                    + "; ".join(f"{suffix} {summary(s)}" for suffix, s in contrasts.items()) + "."
+                    for name, contrasts in PRESETS.items())
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -49,13 +45,6 @@ def _existing_file(value: str) -> Path:
     if not path.is_file():
         raise argparse.ArgumentTypeError(f"{value}: no such file")
     return path
-
-
-def _unit_interval(value: str) -> float:
-    x = float(value)
-    if not 0.0 <= x < 1.0:
-        raise argparse.ArgumentTypeError(f"{value}: must be in [0, 1)")
-    return x
 
 
 def _positive_int(value: str) -> int:
@@ -90,53 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--skip-bids-validation", action="store_true", help="do not validate the input dataset")
 
     g = p.add_argument_group("harmonization")
-    g.add_argument("--method", choices=METHODS, default=_default("method"),
+    g.add_argument("--method", choices=METHODS,
                    help="bhd (BlindHarmonyDiff), histmatch (histogram matching to the target domain), "
                         "ssimh (low-frequency 3D DCT swap with the target-domain average), "
-                        "none (preprocessing only)")
+                        f"none (preprocessing only); default: the preset's ({T1W.method})")
     g.add_argument("--model", type=model_path,  # a missing file: one-line error
                    help=f"a shipped model ({', '.join(SHIPPED_MODELS)}) or a model file (.pt with its .json card, "
                         "written by bhd-train), for every contrast; default: "
                         + ", ".join(f"{name} for {suffix}" for suffix, name in DEFAULT_MODELS.items()))
-    g.add_argument("--steps", type=_positive_int, default=_default("steps"), help="ODE solver steps" + _note("steps"))
-    g.add_argument("--solver", default=_default("solver"), choices=SOLVERS,
-                   help="torchdiffeq method (paper: midpoint)" + _note("solver"))
-    g.add_argument("--start-time", type=_unit_interval, default=_default("start_time"),
-                   help="flow start t0: 0 is pure noise (paper); t0>0 starts from the noised --start-from image"
-                        + _note("start_time"))
-    g.add_argument("--start-from", choices=START_FROM, default=_default("start_from"),
-                   help="the image mixed into the start when --start-time > 0: the source matched to the target "
-                        "histogram, that image refined by NCC towards the source (--refine-step etc.), or the "
-                        "source" + _note("start_from"))
-    g.add_argument("--samples", type=_positive_int, default=_default("samples"),
-                   help="edge-to-image draws averaged before the refinement (closer to the target on average, "
-                        "N times the sampling time)" + _note("samples"))
-    g.add_argument("--refinement", choices=REFINEMENTS, default=_default("refinement"),
-                   help="ncc/mi: gradient ascent on the similarity with --refine-reference (section 3.5); split: "
-                        "the model's frequencies below --split-sigma voxels, the reference's above"
-                        + _note("refinement"))
-    g.add_argument("--refine-step", type=float, default=_default("refine_step"),
-                   help="refinement step; its meaning is set by --refine-step-rule" + _note("refine_step"))
-    g.add_argument("--refine-step-rule", choices=STEP_RULES, default=_default("refine_step_rule"),
-                   help="rms: each iteration changes the brain by an RMS of --refine-step, never past the NCC "
-                        "maximum (a linear map of the reference); paper: x += step * N * gradient over the N brain "
-                        "voxels, the paper's gradient ascent for NCC (its step: 0.02; MI needs rms)"
-                        + _note("refine_step_rule"))
-    g.add_argument("--refine-iterations", type=int, default=_default("refine_iterations"),
-                   help="refinement iterations (paper: 6)" + _note("refine_iterations"))
-    g.add_argument("--refine-region", choices=("brain", "volume"), default=_default("refine_region"),
-                   help="voxels the NCC/MI refinement sees and changes" + _note("refine_region"))
-    g.add_argument("--split-sigma", type=float, default=_default("split_sigma"),
-                   help="--refinement split: the Gaussian low-pass (voxels of the model's grid: 1.2 mm, or 2.4 mm for "
-                        "ixi-hh-coarse) below which the edge-to-image output is kept; the reference supplies the "
-                        "frequencies above it" + _note("split_sigma"))
-    g.add_argument("--refine-reference", choices=REFINE_REFERENCES, default=_default("refine_reference"),
-                   help="the image the refinement uses: the source (paper), the source matched to the target "
-                        "histogram, or the start image (--start-from)" + _note("refine_reference"))
-    g.add_argument("--native", choices=NATIVE, default=_default("native"),
-                   help="the native-grid image: change adds the harmonization's change, made on the grid, to the "
-                        "input at its own resolution (finer detail kept); resample resamples the harmonized grid "
-                        "image" + _note("native"))
+    g.add_argument("--preset", choices=tuple(PRESETS), default=DEFAULT_PRESET,
+                   help="the sampler and refinement recipe of each contrast. " + _preset_help())
+    g.add_argument("--config", type=_existing_file, metavar="FILE",
+                   help="expert settings file (TOML, or JSON for .json) that changes the preset's: keys named as "
+                        "the sidecar's Harmonization settings (steps, solver, start_time, start_from, samples, "
+                        "refinement, refine_step, ...), for every contrast or in a [T1w] / [T2w] table")
     g.add_argument("--brain-extraction", choices=("auto", "deepbet", "template", "nonzero"), default="auto",
                    help="auto: the non-zero voxels of skull-stripped inputs, deepbet for T1w heads, "
                         "template-based otherwise; nonzero: the input is already skull-stripped")
@@ -148,9 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="jobs run in parallel")
     g.add_argument("--omp-nthreads", type=_positive_int, help="threads per job (default: nprocs / jobs, >= 1)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when present")
-    g.add_argument("--seed", type=int, default=_default("seed"), help="random seed (noise, registration)")
     g.add_argument("--plugin", default=None, help="nipype plugin: Linear, MultiProc, SLURM, SGE, PBS, ...")
     g.add_argument("--plugin-args", default=None,
                    help="JSON object of nipype plugin arguments, e.g. '{\"sbatch_args\": \"-p short\"}'")
     g.add_argument("--force", action="store_true", help="redo jobs whose derivatives are already complete")
+    g.add_argument("--seed", type=int,
+                   help=f"random seed of the noise and the registration; default: the preset's ({T1W.seed})")
     return p

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .. import __version__
-from ..config import HarmonizationSettings, models_by_contrast, preset
+from ..config import HarmonizationSettings, models_by_contrast, read_settings_file, resolve
 from ..errors import BHDInputError
 from ..method.refinement import check_refinement
 from .parser import build_parser
@@ -26,15 +26,22 @@ EXIT_JOBS_FAILED = 1
 
 
 def harmonization_settings(args, suffix: str) -> HarmonizationSettings:
-    """One job's settings: its contrast's preset (``config.preset``), with every option the user gave."""
-    given = {k: getattr(args, k) for k in HarmonizationSettings.__dataclass_fields__ if getattr(args, k) is not None}
-    settings = replace(preset(suffix), **given)
+    """One job's settings: its contrast's settings in ``--preset`` (``config.PRESETS``), then those of the
+    ``--config`` file (``config.read_settings_file``), then ``--method`` and ``--seed`` where given."""
+    from_file = read_settings_file(args.config) if args.config else None
+    settings = resolve(suffix, args.preset, from_file, method=args.method, seed=args.seed)
     try:
         check_refinement(settings.refinement, settings.refine_step_rule)
-    except ValueError as err:  # the choices are the parser's, so only MI under the paper's step rule
-        raise BHDInputError(f"--refinement {settings.refinement} with --refine-step-rule "
-                            f"{settings.refine_step_rule} ({suffix}): {err}; add --refine-step-rule rms") from None
+    except ValueError as err:  # the choices are checked before, so only MI under the paper's step rule
+        where = args.config or f"--preset {args.preset}"
+        raise BHDInputError(f"{where}: refinement 'mi' with refine_step_rule 'paper' ({suffix}): {err}; set "
+                            "refine_step_rule = \"rms\" in the --config file") from None
     return settings
+
+
+def preset_record(args) -> dict:
+    """What the sidecars and the methods text record beside the settings: the preset, and the settings file."""
+    return {"preset": args.preset, **({"settings_file": str(args.config)} if args.config else {})}
 
 
 def check_inputs(jobs, crash_dir: Path) -> tuple[list, list[tuple[object, str]]]:
@@ -193,8 +200,8 @@ def plugin_arguments(text: str | None) -> dict:
 def run_participant(args) -> int:
     from ..pipeline.bids import check_output_dir, layout_database_dir
 
-    for suffix in args.contrasts:
-        harmonization_settings(args, suffix)  # a combination that cannot run stops here, before any file
+    # A settings file or a combination that cannot run stops here, before any file is written.
+    resolved = {suffix: harmonization_settings(args, suffix) for suffix in args.contrasts}
     plugin_args = plugin_arguments(args.plugin_args)
     work_dir = args.work_dir or Path.cwd() / "work"
     # A refusal below leaves nothing: the folders and the pybids index this run made are removed again, those in
@@ -204,10 +211,11 @@ def run_participant(args) -> int:
         check_output_dir(args.bids_dir, args.output_dir, work_dir)
         with work_dir_lock(work_dir), removed_on_refusal(
                 new_work, first_missing(layout_database_dir(args.bids_dir, work_dir / "pybids"))):
-            return _run_participant(args, work_dir, plugin_args)
+            return _run_participant(args, work_dir, plugin_args, resolved)
 
 
-def _run_participant(args, work_dir: Path, plugin_args: dict) -> int:
+def _run_participant(args, work_dir: Path, plugin_args: dict,
+                     resolved: dict[str, HarmonizationSettings]) -> int:
     from ..modelfile import check_model_file, select_device
     from ..pipeline.bids import collect_jobs, load_bids_filters, load_layout, write_dataset_description
     from ..pipeline.boilerplate import write_methods
@@ -227,15 +235,17 @@ def _run_participant(args, work_dir: Path, plugin_args: dict) -> int:
         raise BHDInputError(f"{args.model}: model file not found; check the --model path (a .pt file with its "
                             ".json card, written by bhd-train)")
     models = models_by_contrast(args.model, args.contrasts)
-    sha256 = {}
-    if args.method != "none":
-        for path in dict.fromkeys(models.values()):
-            model = check_model_file(path)  # each model file and its sha256, once, before any job starts
-            sha256[path] = model.sha256
-            if args.method == "ssimh":
-                model.ssimh_spectrum()  # a model saved without it is refused before any job starts
+    checked, sha256 = {}, {}
+    for suffix, path in models.items():
+        if resolved[suffix].method == "none":
+            continue
+        if path not in checked:  # each model file and its sha256, once, before any job starts
+            checked[path] = check_model_file(path)
+            sha256[path] = checked[path].sha256
+        if resolved[suffix].method == "ssimh":
+            checked[path].ssimh_spectrum()  # a model saved without it is refused before any job starts
     # The model's sha256 is part of the settings so that nipype's cache redoes harmonization for a new model.
-    settings = {suffix: {**harmonization_settings(args, suffix).to_dict(), "model": str(models[suffix]),
+    settings = {suffix: {**resolved[suffix].to_dict(), **preset_record(args), "model": str(models[suffix]),
                          "model_sha256": sha256.get(models[suffix]), "brain_extraction": args.brain_extraction}
                 for suffix in args.contrasts}
     todo = [j for j in jobs if args.force or not job_is_complete(args.output_dir, j)]

@@ -60,7 +60,9 @@ def methods_text(settings_by_suffix: dict[str, dict], versions: dict[str, str], 
              + ", affinely registered to the MNI152 2009a nonlinear symmetric template [mni] with ANTs [ants], "
                "resampled onto a 1.2 x 1.2 x 1.25 mm grid (MNI152NLin2009aSym, res-1p2) and normalized to the "
                "1st-99th intensity percentiles inside the brain.")
-    parts = []
+    recipes = dict.fromkeys((s["preset"], s.get("settings_file")) for s in settings_by_suffix.values() if "preset" in s)
+    parts = [f"The harmonization settings were bhd-app's preset '{name}'"
+             + (f", changed by the settings file {Path(file).name}" if file else "") + "." for name, file in recipes]
     for suffix, s in settings_by_suffix.items():
         method = s.get("method", "bhd")
         if method == "bhd":
