@@ -1,8 +1,9 @@
 """Every default of bhd, defined once: harmonization presets and the training recipe.
 
-The command lines fill these dataclasses (``bhd-app`` and ``bhd-train`` options carry the field names:
-``--start-time`` is ``start_time``), the model card's ``defaults`` block is written from them,
-and sidecars record them under the same names. Nothing here imports torch or BIDS.
+``bhd-app --preset`` names a recipe of ``PRESETS``, whose settings a ``--config`` file changes under the field
+names of ``HarmonizationSettings`` (``read_settings_file``); ``bhd-train``'s options carry the field names of
+``TrainingSettings`` (``--patch-size`` is ``patch_size``). The model card's ``defaults`` block is written from
+them, and sidecars record them under the same names. Nothing here imports torch or BIDS.
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ REFINEMENTS = ("ncc", "mi", "split", "none")
 START_FROM = ("histmatch", "refined", "source")
 REFINE_REFERENCES = ("source", "histmatch", "start")
 STEP_RULES = ("rms", "paper")
+REFINE_REGIONS = ("brain", "volume")
 NATIVE = ("change", "resample")
+CONTRASTS = ("T1w", "T2w")
+# The choices of each HarmonizationSettings field that has them (a settings file is checked against these).
+CHOICES = {"method": METHODS, "solver": SOLVERS, "start_from": START_FROM, "refinement": REFINEMENTS,
+           "refine_step_rule": STEP_RULES, "refine_region": REFINE_REGIONS, "refine_reference": REFINE_REFERENCES,
+           "native": NATIVE}
 
 
 @dataclass(frozen=True)
@@ -42,10 +49,10 @@ class HarmonizationSettings:
     """
 
     method: str = "bhd"
-    steps: int = 2
-    solver: str = "midpoint"
-    start_time: float = 0.0
-    start_from: str = "histmatch"
+    steps: int = 1
+    solver: str = "euler"
+    start_time: float = 0.1
+    start_from: str = "refined"
     samples: int = 1
     refinement: str = "split"
     refine_step: float = 0.02
@@ -66,38 +73,147 @@ class HarmonizationSettings:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-# T1w inputs: harmonization. The flow draws from the edge map alone (2 midpoint steps from noise, S3.1's solver);
-# the draw's low frequencies (below 8 voxels of the model's grid) replace those of the source matched to the target
-# histogram, which keeps its finer detail. T2w inputs: contrast conversion to the T1w target (section 4.8): from
-# noise along the whole path, no refinement (T1w and T2w correlate too little), 4 averaged draws.
+# T1w inputs: harmonization. The start is the best no-model control (histogram matching, then the paper's
+# NCC refinement towards the source), noised at t0 0.1, so the edge map carries the image's structure; one Euler
+# step gives the network's clean-image estimate, whose low frequencies (below 8 voxels of the model's grid)
+# replace the start's. T2w inputs: contrast conversion to the T1w target (section 4.8): from noise along the whole
+# path (2 midpoint steps, S3.1's solver), no refinement (T1w and T2w correlate too little), 4 averaged draws.
 T1W = HarmonizationSettings()
 CONTRAST_CONVERSION = replace(T1W, start_time=0.0, steps=2, solver="midpoint", samples=4, refinement="none",
                               native="resample")
-PRESETS = {"T1w": T1W, "T2w": CONTRAST_CONVERSION}
+# The paper's route (sections 3.3-3.5, S3.1): one draw from the edge map alone (t0 0, midpoint steps), then the
+# NCC refinement towards the source, x += 0.02 x N x gradient, 6 iterations; the grid image resampled to the
+# input's grid. Contrast conversion without the refinement (section 4.8).
+PAPER = replace(T1W, start_time=0.0, start_from="source", steps=2, solver="midpoint", samples=1, refinement="ncc",
+                refine_step=0.02, refine_step_rule="paper", refine_iterations=6, refine_region="brain",
+                refine_reference="source", native="resample")
+PAPER_CONTRAST_CONVERSION = replace(PAPER, refinement="none")
+# Whole recipes, by the name --preset accepts: the settings of each input contrast.
+PRESETS = {"default": {"T1w": T1W, "T2w": CONTRAST_CONVERSION},
+           "paper": {"T1w": PAPER, "T2w": PAPER_CONTRAST_CONVERSION},
+           "conversion": {"T1w": CONTRAST_CONVERSION, "T2w": CONTRAST_CONVERSION}}
+DEFAULT_PRESET = "default"
+PRESETS_WHAT = {"default": "bhd's choice, BENCHMARKS.md", "paper": "the paper's route",
+                "conversion": "contrast conversion for every contrast"}
 # The fields whose default depends on the input's contrast.
 CONTRAST_DEPENDENT = tuple(f.name for f in fields(HarmonizationSettings)
                            if getattr(T1W, f.name) != getattr(CONTRAST_CONVERSION, f.name))
 # Why the presets are what they are, for the model card.
-PRESETS_WHY = ("T1w: draw from the edge map alone (2 midpoint steps from noise) and keep the draw's frequencies below "
-               "a Gaussian low-pass of 8 voxels of the model's grid with the finer detail of the source matched to "
-               "the target histogram: chosen with the ixi-hh-coarse model on held-out IXI-HH heads 1-3, raw heads "
-               "altered in native space and run end to end (benchmarks/end_to_end.py), as the bhd setting with the "
-               "smallest tissue-volume error (40.5 mL against histogram matching's 40.3, the previous default's "
-               "52.3) and the highest PSNR among those that low; T2w (contrast conversion, section 4.8): from "
+PRESETS_WHY = ("T1w: start from histogram matching refined by the paper's NCC step towards the source (x += 0.02 N "
+               "grad, 6 iterations; the best no-model control), one Euler step from it noised at t0 0.1, and keep "
+               "the network's frequencies below a Gaussian low-pass of 8 voxels of the model's grid with the start's "
+               "finer detail: chosen with the ixi-hh-coarse model on held-out IXI-HH subjects 1-3 with known scanner "
+               "changes by the margin over the best no-model control, random edges included "
+               "(benchmarks/edge_share.py); from t0 0.9 the network only denoises the start and scores the same with "
+               "random edges, from t0 0.1 the edge map carries 1-6 dB; T2w (contrast conversion, section 4.8): from "
                "noise, 2 midpoint steps, no refinement, 4 averaged draws (1.0-1.5 dB over one draw); see "
                "BENCHMARKS.md")
 
 
-def preset(suffix: str) -> HarmonizationSettings:
-    """The participant level's defaults for an input of this suffix (T1w, or T2w for contrast conversion)."""
-    return PRESETS[suffix]
+def preset(suffix: str, name: str = DEFAULT_PRESET) -> HarmonizationSettings:
+    """The settings of preset ``name`` (``PRESETS``) for an input of this suffix (T1w, or T2w)."""
+    return PRESETS[name][suffix]
 
 
 def card_defaults() -> dict:
-    """The model card's ``defaults`` block: every preset in full, and why."""
+    """The model card's ``defaults`` block: the default preset of every contrast in full, and why."""
     drop = ("method", "seed")
-    return {**{s: {k: v for k, v in p.to_dict().items() if k not in drop} for s, p in PRESETS.items()},
+    return {**{suffix: {k: v for k, v in s.to_dict().items() if k not in drop}
+               for suffix, s in PRESETS[DEFAULT_PRESET].items()},
             "why": PRESETS_WHY}
+
+
+def summary(s: HarmonizationSettings) -> str:
+    """One contrast's settings in a few words, for --help: the start, the flow, the draws, the refinement."""
+    start = f"t0 {s.start_time:g} from {s.start_from}" if s.start_time > 0 else "from noise"
+    draws = f", {s.samples} draws" if s.samples > 1 else ""
+    refinement = {"none": "no refinement", "split": f"split at {s.split_sigma:g}",
+                  }.get(s.refinement, f"{s.refinement} x{s.refine_iterations} ({s.refine_step_rule} step "
+                                      f"{s.refine_step:g}) to {s.refine_reference}")
+    return f"{start}, {s.steps} {s.solver} step{'s' if s.steps > 1 else ''}{draws}, {refinement}"
+
+
+# The numbers a settings file may give: (lowest, highest, whether the highest is allowed).
+LIMITS = {"steps": (1, None, True), "samples": (1, None, True), "refine_iterations": (0, None, True),
+          "start_time": (0.0, 1.0, False), "refine_step": (0.0, None, True), "split_sigma": (0.0, None, True),
+          "seed": (0, None, True)}
+_KINDS = {"int": (int, "an integer"), "float": ((int, float), "a number"), "str": (str, "a string")}
+
+
+def _checked(path: Path, key: str, name: str, value):
+    """``value`` of settings field ``name`` as the dataclass holds it; BHDInputError naming ``path`` and ``key``."""
+    from .errors import BHDInputError
+
+    kind = {f.name: f.type for f in fields(HarmonizationSettings)}[name]
+    types, words = _KINDS[kind]
+    if isinstance(value, bool) or not isinstance(value, types):
+        raise BHDInputError(f"{path}: {key} = {value!r} must be {words}; fix the settings file")
+    if name in CHOICES and value not in CHOICES[name]:
+        raise BHDInputError(f"{path}: {key} = {value!r} is not one of {', '.join(CHOICES[name])}; fix the "
+                            "settings file")
+    low, high, closed = LIMITS.get(name, (None, None, True))
+    if (low is not None and value < low) or (high is not None and (value > high or (value == high and not closed))):
+        bound = f"at least {low:g}" if high is None else f"in [{low:g}, {high:g}{']' if closed else ')'}"
+        raise BHDInputError(f"{path}: {key} = {value!r} must be {bound}; fix the settings file")
+    return float(value) if kind == "float" else value
+
+
+def read_settings_file(path: str | Path) -> dict[str, dict]:
+    """A settings file (``bhd-app --config``; TOML, or JSON for a ``.json`` file) as overrides per contrast.
+
+    Its keys are ``HarmonizationSettings`` field names, for every contrast at the top level and for one in its
+    table (``[T1w]``, ``[T2w]``; the table wins). Returns ``{suffix: {field: value}}`` for every contrast in
+    ``CONTRASTS``. A file that cannot be read, an unknown key, a value of the wrong type, outside the choices or
+    the limits: BHDInputError, one line naming the file and the key.
+    """
+    import json
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: its backport (setup.cfg)
+        import tomli as tomllib
+
+    from .errors import BHDInputError
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except (OSError, UnicodeDecodeError) as err:
+        raise BHDInputError(f"{path}: cannot read the settings file ({getattr(err, 'strerror', None) or err}); "
+                            "give a readable UTF-8 TOML or JSON file") from None
+    except json.JSONDecodeError as err:
+        raise BHDInputError(f"{path}: invalid JSON ({err.msg}, line {err.lineno} column {err.colno}); fix the "
+                            "settings file") from None
+    except tomllib.TOMLDecodeError as err:
+        raise BHDInputError(f"{path}: invalid TOML ({err}); fix the settings file (a .json file is read as "
+                            "JSON)") from None
+    if not isinstance(data, dict):
+        raise BHDInputError(f"{path}: a settings file holds keys and values (a JSON object); fix the settings file")
+    names = [f.name for f in fields(HarmonizationSettings)]
+    valid = f"valid keys: {', '.join(names)}, and the tables {', '.join(f'[{c}]' for c in CONTRASTS)}"
+    common, tables = {}, {suffix: {} for suffix in CONTRASTS}
+    for key, value in data.items():
+        if key in CONTRASTS and isinstance(value, dict):
+            for name, inner in value.items():
+                if name not in names:
+                    raise BHDInputError(f"{path}: unknown key '{key}.{name}'; {valid}")
+                tables[key][name] = _checked(path, f"{key}.{name}", name, inner)
+        elif key in CONTRASTS:
+            raise BHDInputError(f"{path}: '{key}' must be a table of settings ([{key}]); fix the settings file")
+        elif key in names:
+            common[key] = _checked(path, key, key, value)
+        else:
+            raise BHDInputError(f"{path}: unknown key '{key}'; {valid}")
+    return {suffix: {**common, **tables[suffix]} for suffix in CONTRASTS}
+
+
+def resolve(suffix: str, preset_name: str = DEFAULT_PRESET, from_file: dict[str, dict] | None = None,
+            **given) -> HarmonizationSettings:
+    """One contrast's settings: the preset's, then the settings file's (``read_settings_file``), then ``given``
+    (command-line options; None: not given)."""
+    file_values = (from_file or {}).get(suffix, {})
+    return replace(preset(suffix, preset_name), **{**file_values, **{k: v for k, v in given.items() if v is not None}})
 
 
 PARAMETERIZATIONS = ("velocity", "image")
