@@ -66,7 +66,7 @@ def main() -> None:
     generated = refine_grid(generated, source.shape, model.grid_factor)
     t3 = time.perf_counter()
     refine(generated, start, mask, t1w.refinement, t1w.refine_step, t1w.refine_iterations, t1w.refine_region,
-           t1w.refine_step_rule, t1w.split_sigma * model.grid_factor, reference_seen=at_model_resolution(model, start))
+           t1w.refine_step_rule, t1w.split_sigma_mm, reference_seen=at_model_resolution(model, start))
     t4 = time.perf_counter()
     harmonize(model, source, mask, preset("T2w"))
     t5 = time.perf_counter()

@@ -10,8 +10,8 @@ The coarse design runs the same network on the harmonization grid averaged over 
 edge maps are made on that grid (``prepare``), the model is trained there, and a T1w image is harmonized
 by taking the refined start (histogram matching + the paper's NCC step) to the coarse grid, one Euler step
 from it noised at t0 0.9, and keeping the upsampled output's frequencies below a Gaussian low-pass of
-``--split-sigmas`` voxels of the harmonization grid with the start's finer detail (rows "coarse grid, split
-S"; "coarse grid" alone is S = 2; the participant default is 2 voxels of the model's grid, S = 4). Also from
+``--split-sigmas-mm`` with the start's finer detail (rows "coarse grid, split S mm"; "coarse grid" alone is the
+participant default, ``config.T1W.split_sigma_mm``). Also from
 pure noise (the paper's route), where the edge map carries everything, and each with random edges (the
 network without the edge map). The bhd-app route for such a model is ``bhd-train --grid-factor 2``
 (``bhd_app.method.grid``); this script scores a model trained on the ``prepare``d cache the same way.
@@ -28,12 +28,12 @@ import sys
 import time
 from pathlib import Path
 
-from bhd_app.config import T1W, preset
+from bhd_app.config import GRID_SPACING, T1W, preset
 from bhd_app.evaluation.alterations import SOURCES, draw_lesions
 from bhd_app.method.baselines import histogram_matching, random_edges
 from bhd_app.method.grid import coarsen_mask
 from bhd_app.method.harmonize import at_model_resolution, harmonize, model_grid, refined_start
-from bhd_app.method.refinement import frequency_split
+from bhd_app.method.refinement import frequency_split, split_sigma_voxels
 from bhd_app.modelfile import load_model
 from bhd_app.training.data import load_cache, on_model_grid, save_cache
 
@@ -82,10 +82,11 @@ def score(args) -> int:
                     edges = random_edges(*model_grid(model, source, masks[k]), k) if random else None
                     generated = harmonize(model, source, masks[k], settings, seed=k, start_time=t0, edge_map=edges,
                                           refinement="none")["generated"]
-                    for sigma in args.split_sigmas if model is coarse else [T1W.split_sigma]:
-                        row = label if sigma == T1W.split_sigma else f"{label}, split {sigma:g}"
+                    for mm in args.split_sigmas_mm if model is coarse else [T1W.split_sigma_mm]:
+                        row = label if mm == T1W.split_sigma_mm else f"{label}, split {mm:g} mm"
                         outs[f"random edges ({row})" if random else row] = frequency_split(
-                            generated, start, masks[k], sigma, at_model_resolution(model, start))
+                            generated, start, masks[k], split_sigma_voxels(mm, GRID_SPACING),
+                            at_model_resolution(model, start))
             print(f"{subject} {name}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
             rows = scored(rows, subject, name, outs, truth, masks[k], lesion, shell)
             results.write_text(json.dumps({"rows": rows, "heldout": desc["dataset"]}, indent=1))
@@ -106,8 +107,8 @@ def main(argv=None) -> int:
     sc.add_argument("--first", type=int, default=0)
     sc.add_argument("--subjects", type=int, default=3)
     sc.add_argument("--sources", nargs="+", default=[s for s in SOURCES if SOURCES[s].suffix == "T1w"])
-    sc.add_argument("--split-sigmas", type=float, nargs="+", default=[T1W.split_sigma],
-                    help="frequency splits of the coarse draws (voxels of the fine grid)")
+    sc.add_argument("--split-sigmas-mm", type=float, nargs="+", default=[T1W.split_sigma_mm],
+                    help="frequency splits of the coarse draws (Gaussian low-pass, mm)")
     sc.add_argument("--heldout", type=Path, default=HELDOUT)
     sc.add_argument("--target-data", type=Path, default=TARGET_DATA)
     args = p.parse_args(argv)

@@ -6,8 +6,8 @@
 
 A T1w draw starts from the refined start (histogram matching + the paper's NCC step towards the source) noised
 at t0 (section 3.3; t0 0 is the paper's generation from the edge map alone), takes ``--steps`` Euler steps,
-averages ``--samples`` draws, and keeps its frequencies below a Gaussian low-pass of ``--split-sigmas``
-voxels (harmonization grid) with the start's finer detail (``refinement="split"``). Each (t0, split) is scored
+averages ``--samples`` draws, and keeps its frequencies below a Gaussian low-pass of ``--split-sigmas-mm``
+(mm) with the start's finer detail (``refinement="split"``). Each (t0, split) is scored
 with the source's Canny edge map (rows "t0 T, split S") and with random edges of the same density (rows
 "random edges (t0 T, split S)"), on held-out IXI-HH heads with known scanner changes, beside the no-model
 controls: the scoring, subjects and alterations of ``real_traveling.py`` (IXI dataset, CC BY-SA 3.0; each
@@ -29,11 +29,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bhd_app.config import preset  # noqa: E402
+from bhd_app.config import GRID_SPACING, preset  # noqa: E402
 from bhd_app.evaluation.alterations import SOURCES, draw_lesions  # noqa: E402
 from bhd_app.method.baselines import random_edges  # noqa: E402
 from bhd_app.method.harmonize import at_model_resolution, harmonize, model_grid  # noqa: E402
-from bhd_app.method.refinement import frequency_split  # noqa: E402
+from bhd_app.method.refinement import frequency_split, split_sigma_voxels  # noqa: E402
 from bhd_app.modelfile import load_model  # noqa: E402
 from bhd_app.training.data import load_cache  # noqa: E402
 
@@ -43,8 +43,8 @@ from real_traveling import CONTROLS, HELDOUT, controls, scored, write_tables  # 
 T1W_SOURCES = [s for s in SOURCES if SOURCES[s].suffix == "T1w"]
 
 
-def label(t0: float, sigma: float) -> str:
-    return f"t0 {t0:g}, split {sigma:g}"
+def label(t0: float, sigma_mm: float) -> str:
+    return f"t0 {t0:g}, split {sigma_mm:g} mm"
 
 
 def score(args) -> int:
@@ -68,10 +68,10 @@ def score(args) -> int:
                     edges = random_edges(*model_grid(model, source, masks[k]), k) if random else None
                     generated = harmonize(model, source, masks[k], settings, seed=k, start_time=t0, steps=args.steps,
                                           samples=args.samples, edge_map=edges, refinement="none")["generated"]
-                    for sigma in args.split_sigmas:
-                        row = label(t0, sigma)
+                    for mm in args.split_sigmas_mm:
+                        row = label(t0, mm)
                         outs[f"random edges ({row})" if random else row] = frequency_split(
-                            generated, start, masks[k], sigma, seen)
+                            generated, start, masks[k], split_sigma_voxels(mm, GRID_SPACING), seen)
             print(f"{subject} {name}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
             rows = scored(rows, subject, name, outs, truth, masks[k], lesion, shell)
             results.write_text(json.dumps({"rows": rows, "model": str(args.model), "steps": args.steps,
@@ -90,16 +90,18 @@ def margins(rows: list[dict], source: str, row: str) -> tuple[float, float]:
 
 def plot(out_dir: Path, png: Path) -> int:
     rows = json.loads((out_dir / "results.json").read_text())["rows"]
-    parsed = {r["method"]: tuple(float(v.split()[-1]) for v in r["method"].split(", "))
-              for r in rows if r["method"].startswith("t0 ")}
-    t0s, sigmas = sorted({p[0] for p in parsed.values()}), sorted({p[1] for p in parsed.values()})
+    # (t0, split) of each row: "t0 0.1, split 19.2 mm"; rows written before the split was in mm ("split 16") give
+    # it in voxels of 1.2 mm
+    parsed = {(float(t0.split()[1]), float(split.split()[1]) * (1.0 if split.endswith(" mm") else 1.2)): r["method"]
+              for r in rows if r["method"].startswith("t0 ") for t0, split in [r["method"].split(", ")]}
+    t0s, sigmas = sorted({p[0] for p in parsed}), sorted({p[1] for p in parsed})
     sources = [s for s in T1W_SOURCES if any(r["source"] == s for r in rows)]
     fig, axes = plt.subplots(1, len(sources), figsize=(5 * len(sources), 4.5), squeeze=False)
     for ax, source in zip(axes[0], sources):
         for sigma in sigmas:
-            ran = [t0 for t0 in t0s if label(t0, sigma) in parsed]
-            points = np.array([margins(rows, source, label(t0, sigma)) for t0 in ran])
-            ax.plot(points[:, 0], points[:, 1], "o-", label=f"split {sigma:g} voxels")
+            ran = [t0 for t0 in t0s if (t0, sigma) in parsed]
+            points = np.array([margins(rows, source, parsed[t0, sigma]) for t0 in ran])
+            ax.plot(points[:, 0], points[:, 1], "o-", label=f"split {sigma:g} mm")
             for t0, (x, y) in zip(ran, points):
                 ax.annotate(f"{t0:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.axvline(1, color="0.6", ls="--")
@@ -119,8 +121,8 @@ def main(argv=None) -> int:
     sc.add_argument("out_dir", type=Path)
     sc.add_argument("--model", type=Path, required=True)
     sc.add_argument("--start-times", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9])
-    sc.add_argument("--split-sigmas", type=float, nargs="+", default=[4.0, 8.0, 16.0, 24.0],
-                    help="Gaussian low-pass widths of the frequency split (voxels of the harmonization grid)")
+    sc.add_argument("--split-sigmas-mm", type=float, nargs="+", default=[4.8, 9.6, 19.2, 28.8],
+                    help="Gaussian low-pass widths of the frequency split (mm)")
     sc.add_argument("--steps", type=int, default=1, help="Euler steps from t0 to 1")
     sc.add_argument("--samples", type=int, default=1, help="draws averaged")
     sc.add_argument("--first", type=int, default=0, help="index of the first held-out subject (0-15)")

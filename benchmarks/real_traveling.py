@@ -38,7 +38,7 @@ import numpy as np
 from bhd_app.evaluation.alterations import SOURCES, draw_lesions
 from bhd_app.method.baselines import (histogram_matching, random_edges, spectrum_swapping, target_quantiles,
                                target_spectrum)
-from bhd_app.config import T1W, preset
+from bhd_app.config import PAPER, T1W, preset
 from bhd_app.method.harmonize import at_model_resolution, harmonize, model_grid, refined_start
 from bhd_app.modelfile import load_model
 from bhd_app.evaluation.metrics import fidelity, lesion_contrast
@@ -68,7 +68,7 @@ def model_outputs(model, name: str, source: np.ndarray, mask: np.ndarray, suffix
     """A model's harmonized image at the participant level's defaults; for T1w also the same draw refined with
     the paper's step rule (alpha 0.02, 6 iterations) towards the source and towards its histogram-matched
     version, and (``with_random_edges``) the defaults with random edges; ``with_variants`` adds the frequency
-    split of the default draw and of a draw from pure noise, at 4 and 8 voxels; ``with_solvers`` the defaults
+    split of the default draw and of a draw from pure noise, at 4.8 and 9.6 mm (4 and 8 voxels of 1.2 mm); ``with_solvers`` the defaults
     with 2 midpoint steps instead of one Euler step; ``start_times`` the defaults from other t0. ``t1w``
     replaces fields of the T1w defaults in every row."""
     settings = preset(suffix)
@@ -79,18 +79,19 @@ def model_outputs(model, name: str, source: np.ndarray, mask: np.ndarray, suffix
     if suffix == "T1w":
         matched = histogram_matching(source, mask, model.target_quantiles)
         for reference, image in (("source", source), ("histmatch", matched)):
-            out[f"{name}, paper step to {reference}"] = refine(result["generated"], image, mask, "ncc", 0.02, 6,
-                                                               step_rule="paper")[0]
+            out[f"{name}, paper step to {reference}"] = refine(result["generated"], image, mask, "ncc",
+                                                               PAPER.refine_step, PAPER.refine_iterations,
+                                                               step_rule=PAPER.refine_step_rule)[0]
         if with_variants:  # the frequency split (refinement "split") of the default draw and of a draw from noise
             seen = at_model_resolution(model, matched)
-            for sigma in (4.0, 8.0):
-                out[f"{name}, split {sigma:g}"] = refine(result["generated"], matched, mask, "split",
-                                                         split_sigma=sigma, reference_seen=seen)[0]
+            for mm in (4.8, 9.6):
+                out[f"{name}, split {mm:g} mm"] = refine(result["generated"], matched, mask, "split",
+                                                         split_sigma_mm=mm, reference_seen=seen)[0]
             from_noise = harmonize(model, source, mask, settings, seed=seed, start_time=0.0,
                                    refinement="none")["generated"]
-            for sigma in (4.0, 8.0):
-                out[f"{name}, from noise + split {sigma:g}"] = refine(from_noise, matched, mask, "split",
-                                                                      split_sigma=sigma, reference_seen=seen)[0]
+            for mm in (4.8, 9.6):
+                out[f"{name}, from noise + split {mm:g} mm"] = refine(from_noise, matched, mask, "split",
+                                                                      split_sigma_mm=mm, reference_seen=seen)[0]
     if with_solvers and suffix == "T1w":
         out[f"{name}, 2 midpoint steps"] = harmonize(model, source, mask, settings, seed=seed, steps=2,
                                                      solver="midpoint")["harmonized"]

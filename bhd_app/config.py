@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from importlib import resources
 from pathlib import Path
 
+# The harmonization grid's voxel size, mm (the paper's, section 4.1; ``pipeline.templates.harmonization_grid``).
+GRID_SPACING = (1.2, 1.2, 1.25)
 # The shipped models, by the name --model accepts; each card states its target domain.
 SHIPPED_MODELS = {"simulated-trio": "bhd_default.pt", "ixi-hh": "bhd_ixihh.pt", "ixi-hh-coarse": "bhd_ixihh_coarse.pt"}
 # The model an input of each contrast gets without --model: T1w harmonization scored best with the coarse-grid
@@ -41,7 +43,7 @@ class HarmonizationSettings:
     that version after the paper's NCC refinement towards the source (the refine_step fields).
     ``samples`` edge-to-image draws are averaged before the refinement, which climbs the NCC (or
     MI) with ``refine_reference`` (``refine_step_rule`` says what ``refine_step`` means), or
-    (``split``) keeps the draw's low frequencies below ``split_sigma`` voxels of the model's grid and the
+    (``split``) keeps the draw's low frequencies below a Gaussian low-pass of ``split_sigma_mm`` and the
     reference's high frequencies (``refinement.refine``); the reference ``start`` is the start image.
     ``native`` says how the native-grid image is made: ``change`` adds the change made on the grid
     to the input at its own resolution (finer detail kept); ``resample`` resamples the harmonized
@@ -60,7 +62,7 @@ class HarmonizationSettings:
     refine_iterations: int = 6
     refine_region: str = "brain"
     refine_reference: str = "start"
-    split_sigma: float = 8.0
+    split_sigma_mm: float = 19.2
     native: str = "change"
     seed: int = 0
 
@@ -74,9 +76,9 @@ class HarmonizationSettings:
 
 
 # T1w inputs: harmonization. The flow draws from the edge map alone (2 midpoint steps from noise, S3.1's solver);
-# the draw's low frequencies (below 8 voxels of the model's grid) replace those of the source matched to the target
-# histogram, which keeps its finer detail. T2w inputs: contrast conversion to the T1w target (section 4.8): from
-# noise along the whole path, no refinement (T1w and T2w correlate too little), 4 averaged draws.
+# the draw's low frequencies (below 19.2 mm: 8 voxels of the coarse model grid) replace those of the source matched
+# to the target histogram, which keeps its finer detail. T2w inputs: contrast conversion to the T1w target
+# (section 4.8): from noise along the whole path, no refinement (T1w and T2w correlate too little), 4 averaged draws.
 T1W = HarmonizationSettings()
 CONTRAST_CONVERSION = replace(T1W, start_time=0.0, steps=2, solver="midpoint", samples=4, refinement="none",
                               native="resample")
@@ -98,14 +100,14 @@ PRESETS_WHAT = {"default": "bhd's choice, BENCHMARKS.md", "paper": "the paper's 
 CONTRAST_DEPENDENT = tuple(f.name for f in fields(HarmonizationSettings)
                            if getattr(T1W, f.name) != getattr(CONTRAST_CONVERSION, f.name))
 # Why the presets are what they are, for the model card.
-PRESETS_WHY = ("T1w: draw from the edge map alone (2 midpoint steps from noise) and keep the draw's frequencies below "
-               "a Gaussian low-pass of 8 voxels of the model's grid with the finer detail of the source matched to "
-               "the target histogram: chosen with the ixi-hh-coarse model on held-out IXI-HH heads 1-3, raw heads "
-               "altered in native space and run end to end (benchmarks/end_to_end.py), as the bhd setting with the "
-               "smallest tissue-volume error (40.5 mL against histogram matching's 40.3, the previous default's "
-               "52.3) and the highest PSNR among those that low; T2w (contrast conversion, section 4.8): from "
-               "noise, 2 midpoint steps, no refinement, 4 averaged draws (1.0-1.5 dB over one draw); see "
-               "BENCHMARKS.md")
+PRESETS_WHY = ("T1w: draw from the edge map alone (2 midpoint steps from noise) and keep the draw's frequencies "
+               "below a Gaussian low-pass of 19.2 mm (8 voxels of the 2.4 mm model grid) with the finer detail of "
+               "the source matched to the target histogram: chosen with the ixi-hh-coarse model on held-out IXI-HH "
+               "heads 1-3, raw heads altered in native space and run end to end (benchmarks/end_to_end.py), as the "
+               "bhd setting with the smallest tissue-volume error (40.5 mL against histogram matching's 40.3, the "
+               "previous default's 52.3) and the highest PSNR among those that low; T2w (contrast conversion, "
+               "section 4.8): from noise, 2 midpoint steps, no refinement, 4 averaged draws (1.0-1.5 dB over one "
+               "draw); see BENCHMARKS.md")
 
 
 def preset(suffix: str, name: str = DEFAULT_PRESET) -> HarmonizationSettings:
@@ -125,7 +127,7 @@ def summary(s: HarmonizationSettings) -> str:
     """One contrast's settings in a few words, for --help: the start, the flow, the draws, the refinement."""
     start = f"t0 {s.start_time:g} from {s.start_from}" if s.start_time > 0 else "from noise"
     draws = f", {s.samples} draws" if s.samples > 1 else ""
-    refinement = {"none": "no refinement", "split": f"split at {s.split_sigma:g}",
+    refinement = {"none": "no refinement", "split": f"split at {s.split_sigma_mm:g} mm",
                   }.get(s.refinement, f"{s.refinement} x{s.refine_iterations} ({s.refine_step_rule} step "
                                       f"{s.refine_step:g}) to {s.refine_reference}")
     return f"{start}, {s.steps} {s.solver} step{'s' if s.steps > 1 else ''}{draws}, {refinement}"
@@ -133,7 +135,7 @@ def summary(s: HarmonizationSettings) -> str:
 
 # The numbers a settings file may give: (lowest, highest, whether the highest is allowed).
 LIMITS = {"steps": (1, None, True), "samples": (1, None, True), "refine_iterations": (0, None, True),
-          "start_time": (0.0, 1.0, False), "refine_step": (0.0, None, True), "split_sigma": (0.0, None, True),
+          "start_time": (0.0, 1.0, False), "refine_step": (0.0, None, True), "split_sigma_mm": (0.0, None, True),
           "seed": (0, None, True)}
 _KINDS = {"int": (int, "an integer"), "float": ((int, float), "a number"), "str": (str, "a string")}
 

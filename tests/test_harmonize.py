@@ -219,9 +219,9 @@ def test_a_coarse_grid_model_draws_there_from_the_coarsened_start_and_returns_to
     np.testing.assert_allclose(out["generated"], expected, atol=1e-6)
     edges = canny_edges(coarsen(source, 2))[0]
     np.testing.assert_array_equal(out["edge_map"], edges.repeat(2, 0).repeat(2, 1).repeat(2, 2))
-    # The split's width is in voxels of the model's grid: 1.5 coarse voxels are 3 voxels of the harmonization grid.
+    # The split's width is in mm, whatever the model's grid: 3.6 mm are 3 voxels of a 1.2 mm harmonization grid.
     split = harmonize(model, source, mask, steps=1, start_time=0.7, start_from="source", refinement="split",
-                      refine_reference="source", split_sigma=1.5, seed=5)
+                      refine_reference="source", split_sigma_mm=3.6, seed=5, voxel_size=(1.2, 1.2, 1.2))
     expected = frequency_split(out["generated"], source, mask, 3.0, refine_grid(coarsen(source, 2), source.shape, 2))
     np.testing.assert_allclose(split["harmonized"], expected, atol=1e-6)
 
@@ -234,7 +234,7 @@ def test_a_coarse_grid_draw_that_returns_the_start_it_saw_leaves_the_start_uncha
     model = in_memory(random_net(4, zero_head=True))
     model.grid_factor = 2
     out = harmonize(model, source, mask, steps=1, start_time=0.999, start_from="source", refinement="split",
-                    refine_reference="start", split_sigma=1.0, seed=1)
+                    refine_reference="start", split_sigma_mm=2.4, seed=1)
     assert np.abs(out["harmonized"] - source)[mask > 0].max() < 0.005
 
 
@@ -266,7 +266,8 @@ def test_refinement_towards_the_histogram_matched_source(small_subject):
     model = in_memory(random_net(6), quantiles=quantiles)
     out = harmonize(model, source, mask, steps=2, refinement="ncc", refine_step=0.02, refine_step_rule="rms",
                     refine_reference="histmatch")
-    expected, _ = refine(out["generated"], histogram_matching(source, mask, quantiles), mask, "ncc", 0.02)
+    expected, _ = refine(out["generated"], histogram_matching(source, mask, quantiles), mask, "ncc", 0.02,
+                         step_rule="rms")
     expected[mask == 0] = 0
     np.testing.assert_allclose(out["harmonized"], expected, atol=1e-6)
     towards_source = harmonize(model, source, mask, steps=2, refinement="ncc", refine_step=0.02,
@@ -285,9 +286,9 @@ def test_split_against_the_refined_start_keeps_its_detail_and_the_draws_low_freq
     quantiles = target_quantiles([target], [mask])
     model = in_memory(random_net(7), parameterization="image", quantiles=quantiles)
     settings = dict(steps=1, solver="euler", start_time=0.9, start_from="refined", refinement="split",
-                    refine_reference="start", split_sigma=2.0, refine_step=0.02, refine_iterations=6,
+                    refine_reference="start", split_sigma_mm=2.4, refine_step=0.02, refine_iterations=6,
                     refine_step_rule="paper", seed=3)
-    out = harmonize(model, source, mask, **settings)
+    out = harmonize(model, source, mask, **settings, voxel_size=(1.2, 1.2, 1.2))
     start = start_image("refined", source, mask, quantiles)
     expected = frequency_split(out["generated"], start, mask, 2.0)
     np.testing.assert_allclose(out["harmonized"], expected, atol=1e-6)
@@ -351,7 +352,7 @@ def test_at_the_defaults_the_default_models_image_depends_on_the_edge_map(subjec
         fake = harmonize(model, source, mask, edge_map=edges, **settings)["harmonized"]
         return float(np.sqrt(np.mean((real - fake)[inside] ** 2)))
 
-    assert random_edges_change() > 3 * random_edges_change(start_time=0.9, split_sigma=2.0)
+    assert random_edges_change() > 3 * random_edges_change(start_time=0.9, split_sigma_mm=4.8)
 
 
 def _conv_on_two_threads(queue) -> None:

@@ -31,7 +31,7 @@ def images(subject):
 def test_ncc_increases_monotonically(images, kind):
     generated, source, mask = images[kind], images["source"], images["mask"]
     before = metrics.ncc(generated, source, mask)
-    out, history = refine(generated, source, mask, "ncc")
+    out, history = refine(generated, source, mask, "ncc", step_rule="rms")
     assert len(history) == 7  # before each of the 6 iterations and after the last
     assert history[0] == pytest.approx(before, abs=1e-6)
     assert all(b > a for a, b in zip(history, history[1:])), history
@@ -49,7 +49,7 @@ def test_large_steps_do_not_overshoot_the_ncc_maximum(images, kind):
     """
     generated, source, mask = images[kind], images["source"], images["mask"]
     for step in (0.02, 0.1, 0.3):
-        _, history = refine(generated, source, mask, "ncc", step=step, iterations=12)
+        _, history = refine(generated, source, mask, "ncc", step=step, iterations=12, step_rule="rms")
         assert all(b >= a - 1e-9 for a, b in zip(history, history[1:])), (step, history)
     assert history[-1] > 0.999, history
 
@@ -57,14 +57,14 @@ def test_large_steps_do_not_overshoot_the_ncc_maximum(images, kind):
 def test_refinement_stays_in_range_and_in_the_brain(images):
     generated, source, mask = images["distorted"], images["source"], images["mask"]
     assert generated[mask > 0].min() == 0 and generated[mask > 0].max() == 1  # values at both bounds
-    out, _ = refine(generated, source, mask, "ncc", step=0.2)
+    out, _ = refine(generated, source, mask, "ncc", step=0.2, step_rule="rms")
     assert out.dtype == np.float32 and out.shape == generated.shape
     assert out.min() >= 0 and out.max() <= 1
     np.testing.assert_array_equal(out[mask == 0], generated[mask == 0])
     assert np.abs(out - generated)[mask > 0].max() > 0.1
     # region="volume" updates the whole grid (a mid-grey background, so that clipping at 0 cannot hide it).
     background = np.where(mask > 0, generated, 0.5).astype(np.float32)
-    vol, history = refine(background, source, mask, "ncc", iterations=1, region="volume")
+    vol, history = refine(background, source, mask, "ncc", iterations=1, region="volume", step_rule="rms")
     assert np.abs(vol - background)[mask == 0].max() > 0
     assert history[1] > history[0]
 
@@ -73,7 +73,7 @@ def test_a_linear_map_of_the_source_is_left_unchanged(images):
     """NCC is already 1 there (a maximum): the normalized step must not turn rounding noise into changes."""
     source, mask = images["source"], images["mask"]
     generated = np.where(mask > 0, 0.5 * source + 0.2, 0).astype(np.float32)
-    out, history = refine(generated, source, mask, "ncc", step=0.05)
+    out, history = refine(generated, source, mask, "ncc", step=0.05, step_rule="rms")
     np.testing.assert_allclose(out, generated, atol=1e-6)
     assert history[0] == pytest.approx(1.0, abs=1e-9)
 
@@ -82,7 +82,7 @@ def test_step_is_the_rms_intensity_change(images):
     """Away from the bounds, one iteration changes the region by an RMS of exactly ``step``."""
     mask = images["mask"]
     generated = 0.25 + 0.5 * images["blurred"]
-    out, _ = refine(generated, images["source"], mask, "ncc", step=0.02, iterations=1)
+    out, _ = refine(generated, images["source"], mask, "ncc", step=0.02, iterations=1, step_rule="rms")
     change = (out.astype(np.float64) - generated)[mask > 0]
     assert np.sqrt(np.mean(change**2)) == pytest.approx(0.02, rel=1e-3)
 
@@ -91,7 +91,7 @@ def test_mi_increases(images):
     generated = images["blurred"][MI_BLOCK]
     source = images["source"][MI_BLOCK]
     mask = np.ones(generated.shape, np.uint8)
-    out, history = refine(generated, source, mask, "mi", iterations=4)
+    out, history = refine(generated, source, mask, "mi", iterations=4, step_rule="rms")
     assert len(history) == 5
     assert all(b > a for a, b in zip(history, history[1:])), history
     assert history[-1] > history[0] + 0.2
@@ -191,7 +191,7 @@ def test_mi_refinement_changes_every_voxel_of_a_large_region(images):
     block = (slice(40, 90), slice(55, 105), slice(45, 95))  # 125,000 voxels
     generated, source = images["blurred"][block], images["source"][block]
     mask = np.ones(generated.shape, np.uint8)
-    out, history = refine(0.1 + 0.8 * generated, source, mask, "mi", step=0.01, iterations=1)
+    out, history = refine(0.1 + 0.8 * generated, source, mask, "mi", step=0.01, iterations=1, step_rule="rms")
     change = np.abs(out.astype(np.float64) - (0.1 + 0.8 * generated))
     assert np.mean(change > 0) > 0.99
     assert np.sqrt(np.mean(change**2)) == pytest.approx(0.01, rel=1e-3)
@@ -225,9 +225,26 @@ def test_frequency_split_keeps_the_generated_low_and_the_reference_high_frequenc
     out = frequency_split(reference + 0.1, reference, mask, sigma=4.0)
     np.testing.assert_allclose(out[mask > 0], reference[mask > 0] + 0.1, atol=1e-5)
     generated = np.where(mask > 0, 0.2 + 0.6 * images["blurred"], 0).astype(np.float32)
-    out, history = refine(generated, reference, mask, "split", split_sigma=4.0)
+    out, history = refine(generated, reference, mask, "split", split_sigma_mm=4.8, voxel_size=(1.2, 1.2, 1.2))
     assert history == []
     expected = reference + masked_lowpass(generated - reference, mask, 4.0)
     inside = (mask > 0) & (expected > 0) & (expected < 1)
     np.testing.assert_allclose(out[inside], expected[inside], atol=1e-5)
     assert (out[mask == 0] == 0).all()
+
+
+def test_the_split_width_is_in_mm_along_each_axis_of_the_grid(images):
+    """split_sigma_mm becomes voxels per axis with the grid's voxel size: 4.8 mm on 1.2 x 1.2 x 2.4 mm voxels is
+    a low-pass of 4, 4 and 2 voxels (the harmonization grid's default voxel size is config.GRID_SPACING)."""
+    from bhd_app.config import GRID_SPACING
+    from bhd_app.method.refinement import frequency_split, split_sigma_voxels
+
+    mask = images["mask"]
+    reference = np.where(mask > 0, 0.2 + 0.6 * images["source"], 0).astype(np.float32)
+    generated = np.where(mask > 0, 0.2 + 0.6 * images["blurred"], 0).astype(np.float32)
+    out, _ = refine(generated, reference, mask, "split", split_sigma_mm=4.8, voxel_size=(1.2, 1.2, 2.4))
+    np.testing.assert_allclose(out, frequency_split(generated, reference, mask, (4.0, 4.0, 2.0)), atol=1e-6)
+    assert np.abs(out - frequency_split(generated, reference, mask, 4.0)).max() > 1e-3
+    default, _ = refine(generated, reference, mask, "split", split_sigma_mm=4.8)
+    np.testing.assert_allclose(default, frequency_split(generated, reference, mask, (4.0, 4.0, 3.84)), atol=1e-6)
+    assert split_sigma_voxels(4.8, GRID_SPACING) == (4.8 / 1.2, 4.8 / 1.2, 4.8 / 1.25)

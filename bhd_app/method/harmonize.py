@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import REFINE_REFERENCES, START_FROM, T1W, HarmonizationSettings
+from ..config import GRID_SPACING, REFINE_REFERENCES, START_FROM, T1W, HarmonizationSettings
 from ..errors import BHDInputError
 from .baselines import histogram_matching, spectrum_swapping
 from .edges import canny_edges
@@ -92,7 +92,7 @@ def refined_start(matched: np.ndarray, source: np.ndarray, mask: np.ndarray,
 
 def harmonize(model: HarmonizationModel, source: np.ndarray, mask: np.ndarray,
               settings: HarmonizationSettings = T1W, *, edge_map: np.ndarray | None = None,
-              **overrides) -> dict[str, np.ndarray | list]:
+              voxel_size: tuple[float, ...] = GRID_SPACING, **overrides) -> dict[str, np.ndarray | list]:
     """Harmonize a preprocessed source image (D, H, W) on the grid, in [0, 1], zero outside ``mask``.
 
     ``settings`` (``config.HarmonizationSettings``; keyword ``overrides`` replace single fields) say
@@ -105,6 +105,8 @@ def harmonize(model: HarmonizationModel, source: np.ndarray, mask: np.ndarray,
     e.g. by random edges for Table S3's unconditional variant. A coarse-grid model draws on its grid, from the
     start image taken there, and its draws are interpolated back to the harmonization grid; its split keeps the
     low frequencies of the draw's difference from the reference at the model's resolution (``at_model_resolution``).
+    The split's ``split_sigma_mm`` is turned into voxels of the harmonization grid along each axis with
+    ``voxel_size`` (mm; ``config.GRID_SPACING``, the grid the participant level gives).
 
     Returns the edge map (on the harmonization grid), the edge-to-image output (``generated``), the refined image
     (``harmonized``), the refinement's similarity history and ``uncertainty``: the per-voxel
@@ -135,21 +137,22 @@ def harmonize(model: HarmonizationModel, source: np.ndarray, mask: np.ndarray,
     reference = images[s.refine_reference]
     seen = at_model_resolution(model, reference) if s.refinement == "split" else None  # only the split uses it
     harmonized, history = refine(generated, reference, mask, s.refinement, s.refine_step, s.refine_iterations,
-                                 s.refine_region, s.refine_step_rule, s.split_sigma * factor, reference_seen=seen)
+                                 s.refine_region, s.refine_step_rule, s.split_sigma_mm, reference_seen=seen,
+                                 voxel_size=voxel_size)
     harmonized[mask == 0] = 0
     return {"edge_map": refine_grid(edge_map, source.shape, factor, order=0), "generated": generated,
             "harmonized": harmonized, "refinement_history": history, "uncertainty": uncertainty}
 
 
 def apply_method(model: HarmonizationModel | None, source: np.ndarray, mask: np.ndarray,
-                 settings: HarmonizationSettings = T1W, *, edge_map: np.ndarray | None = None
-                 ) -> dict[str, np.ndarray | list]:
+                 settings: HarmonizationSettings = T1W, *, edge_map: np.ndarray | None = None,
+                 voxel_size: tuple[float, ...] = GRID_SPACING) -> dict[str, np.ndarray | list]:
     """The participant level's harmonization of one preprocessed image (D, H, W) by ``settings.method``:
     ``bhd`` (``harmonize``), or a blind baseline of section 4.4 (``histmatch``: histogram matching to the
     model's target quantiles; ``ssimh``: the target's low-frequency spectrum) or ``none`` (the source).
     Returns ``harmonize``'s keys; a baseline's ``generated`` is its output and its edge map the source's."""
     if settings.method == "bhd":
-        return harmonize(model, source, mask, settings, edge_map=edge_map)
+        return harmonize(model, source, mask, settings, edge_map=edge_map, voxel_size=voxel_size)
     if settings.method == "histmatch":
         out = histogram_matching(source, mask, model.target_quantiles)
     elif settings.method == "ssimh":

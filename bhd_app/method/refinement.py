@@ -9,7 +9,7 @@ differ mostly at low frequencies, so the two images stay highly correlated.
 * ``mi``: mutual information from Parzen-window (Gaussian kernel) histograms,
   256 bins, sigma 0.01 (section 4.7);
 * ``split``: not a gradient ascent: the edge-to-image output's low spatial
-  frequencies (Gaussian low-pass of ``split_sigma`` voxels, normalized inside the
+  frequencies (Gaussian low-pass of ``split_sigma_mm``, normalized inside the
   brain) plus the reference's high frequencies, a subject-specific, learned
   version of SSIMH's low-frequency swap (``frequency_split``);
 * ``none``: no refinement.
@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
+
+from ..config import GRID_SPACING, T1W
 
 OBJECTIVES = ("ncc", "mi", "split", "none")
 STEP_RULES = ("rms", "paper")
@@ -78,17 +80,17 @@ def mi_gradient(x: np.ndarray, source: np.ndarray, bins: int = 256, sigma: float
     return mi, grad
 
 
-def masked_lowpass(image: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian low-pass of ``image`` (D, H, W) inside ``mask`` (normalized convolution: no pull towards the
-    zero background at the brain's edge); zero outside the mask."""
+def masked_lowpass(image: np.ndarray, mask: np.ndarray, sigma: float | tuple[float, ...]) -> np.ndarray:
+    """Gaussian low-pass of ``image`` (D, H, W; ``sigma`` in voxels, one or one per axis) inside ``mask``
+    (normalized convolution: no pull towards the zero background at the brain's edge); zero outside the mask."""
     m = (mask > 0).astype(np.float32)
     num = ndimage.gaussian_filter(image.astype(np.float32) * m, sigma)
     den = ndimage.gaussian_filter(m, sigma)
     return np.where(m > 0, num / np.maximum(den, 1e-6), 0).astype(np.float32)
 
 
-def frequency_split(generated: np.ndarray, reference: np.ndarray, mask: np.ndarray, sigma: float,
-                    reference_seen: np.ndarray | None = None) -> np.ndarray:
+def frequency_split(generated: np.ndarray, reference: np.ndarray, mask: np.ndarray,
+                    sigma: float | tuple[float, ...], reference_seen: np.ndarray | None = None) -> np.ndarray:
     """reference + low-pass(generated - ``reference_seen``), clipped to [0, 1], zero outside ``mask`` (D, H, W).
 
     With ``reference_seen`` the reference itself (the default) this is low-pass(generated) + the reference's
@@ -117,24 +119,31 @@ def check_refinement(objective: str, step_rule: str) -> None:
                          "is defined for NCC, and on MI's gradient it moves voxels by whole intensity units")
 
 
-def refine(harmonized: np.ndarray, source: np.ndarray, mask: np.ndarray, objective: str = "ncc",
-           step: float = 0.02, iterations: int = 6, region: str = "brain",
-           step_rule: str = "rms", split_sigma: float = 8.0,
-           reference_seen: np.ndarray | None = None) -> tuple[np.ndarray, list[float]]:
+def split_sigma_voxels(split_sigma_mm: float, voxel_size: tuple[float, ...]) -> tuple[float, ...]:
+    """The split's Gaussian low-pass in voxels along each axis of a grid with this voxel size (mm)."""
+    return tuple(split_sigma_mm / size for size in voxel_size)
+
+
+def refine(harmonized: np.ndarray, source: np.ndarray, mask: np.ndarray, objective: str,
+           step: float = T1W.refine_step, iterations: int = T1W.refine_iterations, region: str = T1W.refine_region,
+           step_rule: str = T1W.refine_step_rule, split_sigma_mm: float = T1W.split_sigma_mm,
+           reference_seen: np.ndarray | None = None, voxel_size: tuple[float, ...] = GRID_SPACING
+           ) -> tuple[np.ndarray, list[float]]:
     """Gradient ascent on the similarity between the harmonized and the source image (section 3.5).
 
     ``step_rule`` says what ``step`` means: ``rms``, the RMS intensity change per iteration
     (capped at the NCC maximum); ``paper``, x += step * N * gradient over the N region voxels,
     the paper's plain gradient ascent (alpha = 0.02, 6 iterations; NCC only, ValueError for MI).
-    ``split`` ignores the step and returns ``frequency_split`` with ``split_sigma`` (and ``reference_seen``). ``region``
+    ``split`` ignores the step and returns ``frequency_split`` with ``split_sigma_mm`` in voxels of ``voxel_size``
+    (mm, the harmonization grid's by default) along each axis (and ``reference_seen``). ``region``
     is ``brain`` (the similarity and the update use brain voxels only) or ``volume`` (the whole
-    grid). Returns
+    grid). The defaults are those of ``config.T1W``. Returns
     (refined image in [0, 1], the similarity before each iteration and after the last).
     """
     check_refinement(objective, step_rule)
     out = harmonized.astype(np.float32).copy()
     if objective == "split":
-        return frequency_split(out, source, mask, split_sigma, reference_seen), []
+        return frequency_split(out, source, mask, split_sigma_voxels(split_sigma_mm, voxel_size), reference_seen), []
     if objective == "none" or iterations == 0:
         return out, []
     sel = mask > 0 if region == "brain" else np.ones(out.shape, bool)

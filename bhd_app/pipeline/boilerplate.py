@@ -19,7 +19,7 @@ def refinement_words(s: dict) -> str:
     if s["refinement"] == "none":
         return "no refinement"
     if s["refinement"] == "split":
-        return (f"a frequency split: the draw's intensities below a Gaussian low-pass of {s['split_sigma']:g} voxels of the model's grid "
+        return (f"a frequency split: the draw's intensities below a Gaussian low-pass of {s['split_sigma_mm']:g} mm "
                 f"with the finer detail of the {reference}")
     return (f"{s['refine_iterations']} refinement iterations climbing the {s['refinement'].upper()} with the "
             f"{reference} ({s['refine_region']}, step {s['refine_step']:g}, rule {s['refine_step_rule']})")

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import GRID_SPACING
+
 TEMPLATE_SPACE = "MNI152NLin2009aSym"
 GRID_SHAPE = (128, 160, 136)
-GRID_SPACING = (1.2, 1.2, 1.25)
 # World coordinate (mm, RAS) of the grid's centre: the centre of the template brain.
 GRID_CENTER = (0.0, -17.0, 5.0)
 RESOLUTION_LABEL = "1p2"
