@@ -61,7 +61,7 @@ def main() -> None:
     t1 = time.perf_counter()
     start = refined_start(histogram_matching(source, mask, model.target_quantiles), source, mask, t1w)
     t2 = time.perf_counter()
-    generated = generate(model, edge_map, steps=t1w.steps, solver=t1w.solver, start_time=t1w.start_time,
+    generated = generate(model, edge_map, steps=t1w.steps, solver=t1w.solver, start_time=t1w.start_time, seed=t1w.seed,
                          start_image=coarsen(start, model.grid_factor, model.net.config.downsampling_factor))
     generated = refine_grid(generated, source.shape, model.grid_factor)
     t3 = time.perf_counter()

@@ -28,6 +28,11 @@ STEP_RULES = ("rms", "paper")
 REFINE_REGIONS = ("brain", "volume")
 NATIVE = ("change", "resample")
 CONTRASTS = ("T1w", "T2w")
+# Brain extraction: auto takes the non-zero voxels of skull-stripped inputs, deepbet for T1w heads, else the template.
+BRAIN_EXTRACTIONS = ("auto", "deepbet", "template", "nonzero")
+BRAIN_EXTRACTION = "auto"
+DEVICES = ("auto", "cpu", "cuda")
+DEVICE = "auto"  # CUDA when present
 # The choices of each HarmonizationSettings field that has them (a settings file is checked against these).
 CHOICES = {"method": METHODS, "solver": SOLVERS, "start_from": START_FROM, "refinement": REFINEMENTS,
            "refine_step_rule": STEP_RULES, "refine_region": REFINE_REGIONS, "refine_reference": REFINE_REFERENCES,

@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import default_model_path
+from .config import DEVICE, default_model_path
 from .errors import BHDInputError
 from .method.harmonize import HarmonizationModel
 from .method.model import EdgeToImageUNet, UNetConfig
 
 
-def select_device(name: str = "auto") -> torch.device:
+def select_device(name: str = DEVICE) -> torch.device:
     """``auto`` picks CUDA when present, else the CPU; ``cuda`` without a GPU is a user error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -92,21 +92,62 @@ def test_the_sampler_options_are_settings_file_keys_not_options(tmp_path, capsys
     assert len(err) == 1 and str(bad_json) in err[0] and "invalid JSON" in err[0]
 
 
-def test_each_default_is_defined_once_in_the_settings_layer(tmp_path):
-    """The parser leaves every harmonization setting to the preset (--method and --seed: None unless given);
-    the library's harmonize() and the validator take the default preset's T1w settings."""
+def test_every_layer_takes_its_defaults_from_config(tmp_path):
+    """refine() and harmonize(), the parser, the workflow, a settings file and the model card's defaults block
+    agree with bhd_app/config.py, where each default is defined once."""
     import inspect
 
-    from bhd_app.method.harmonize import harmonize
+    from bhd_app.method.harmonize import apply_method, harmonize
+    from bhd_app.method.refinement import refine
+    from bhd_app.modelfile import select_device
+    from bhd_app.pipeline.bids import Job
+    from bhd_app.pipeline.preprocessing import preprocess
+    from bhd_app.pipeline.templates import harmonization_grid
+    from bhd_app.pipeline.workflows import init_job_wf
     from bhd_app.training.validation import validate
 
+    def defaults(function) -> dict:
+        return {k: p.default for k, p in inspect.signature(function).parameters.items()}
+
+    t1w = config.preset("T1w")
+    assert t1w is config.PRESETS[config.DEFAULT_PRESET]["T1w"] is config.T1W
+    # The method layer: refine() has no objective of its own, the rest are the default preset's.
+    r = defaults(refine)
+    assert r["objective"] is inspect.Parameter.empty
+    assert (r["step"], r["iterations"], r["region"], r["step_rule"], r["split_sigma_mm"]) == (
+        t1w.refine_step, t1w.refine_iterations, t1w.refine_region, t1w.refine_step_rule, t1w.split_sigma_mm)
+    assert r["voxel_size"] == defaults(harmonize)["voxel_size"] == defaults(apply_method)["voxel_size"]
+    assert r["voxel_size"] == config.GRID_SPACING == pytest.approx(harmonization_grid().spacing)
+    assert defaults(harmonize)["settings"] is t1w and defaults(validate)["settings"] is t1w
+    assert defaults(preprocess)["brain_extraction"] == config.BRAIN_EXTRACTION
+    assert defaults(preprocess)["seed"] == t1w.seed and defaults(select_device)["name"] == config.DEVICE
+    # The parser: what the presets decide is left to them.
     parser = build_parser()
     assert parser.get_default("preset") == config.DEFAULT_PRESET
     assert parser.get_default("method") is None and parser.get_default("seed") is None
-    assert config.preset("T1w") is config.PRESETS[config.DEFAULT_PRESET]["T1w"] is config.T1W
-    assert {"samples", "refinement"} <= set(config.CONTRAST_DEPENDENT)
-    assert inspect.signature(harmonize).parameters["settings"].default is config.T1W
-    assert inspect.signature(validate).parameters["settings"].default is config.T1W
+    assert parser.get_default("brain_extraction") == config.BRAIN_EXTRACTION
+    assert parser.get_default("device") == config.DEVICE
+    resolved = _settings(tmp_path)
+    assert resolved == config.PRESETS[config.DEFAULT_PRESET]
+    # A settings file that states every field of the default preset changes nothing.
+    file = tmp_path / "all.json"
+    file.write_text(json.dumps({suffix: s.to_dict() for suffix, s in resolved.items()}))
+    assert _settings(tmp_path, "--config", str(file)) == resolved
+    # The workflow: each job's nodes get the resolved settings; without seed or brain extraction, config's.
+    for suffix, settings in resolved.items():
+        job = Job("01", None, suffix, tmp_path / f"sub-01_{suffix}.nii.gz", {}, {})
+        wf = init_job_wf(job, tmp_path / "out", tmp_path, settings.to_dict())
+        assert wf.get_node("harmonize").inputs.settings == settings.to_dict()
+        assert wf.get_node("to_native").inputs.native == settings.native
+        assert wf.get_node("harmonize").inputs.device == config.DEVICE
+        bare = init_job_wf(job, tmp_path / "out", tmp_path, {"method": settings.method})
+        assert bare.get_node("preprocess").inputs.seed == settings.seed
+        assert bare.get_node("preprocess").inputs.brain_extraction == config.BRAIN_EXTRACTION
+    # The model card's defaults block: every field of each contrast's default settings but method and seed.
+    card = json.loads(default_model_path().with_suffix(".json").read_text())["defaults"]
+    assert card == config.card_defaults()
+    for suffix, settings in resolved.items():
+        assert card[suffix] == {k: v for k, v in settings.to_dict().items() if k not in ("method", "seed")}
 
 
 def test_the_model_card_states_the_participant_level_defaults(tmp_path):

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import bhd_app
+from bhd_app import config
 from bhd_app.errors import BHDInputError
 from bhd_app.evaluation.metrics import ncc
 from bhd_app.method.baselines import histogram_matching, target_quantiles
@@ -82,13 +83,14 @@ def test_load_round_trip_reproduces_the_output(saved):
     rounded = copy.deepcopy(net)
     rounded.load_state_dict({k: v.half().float() for k, v in net.state_dict().items()})
     edge_map = edge_cube()
-    recorded = generate(in_memory(rounded, "image"), edge_map, steps=2, seed=3)  # before saving: the reference
-    out = generate(model, edge_map, steps=2, seed=3)
+    draw = dict(steps=2, solver="midpoint", start_time=0.0)
+    recorded = generate(in_memory(rounded, "image"), edge_map, **draw, seed=3)  # before saving: the reference
+    out = generate(model, edge_map, **draw, seed=3)
     np.testing.assert_allclose(out, recorded, atol=1e-5)
     # Loaded twice, generated twice with the same seed: identical; another seed differs.
-    again = generate(load_model(path), edge_map, steps=2, seed=3)
+    again = generate(load_model(path), edge_map, **draw, seed=3)
     np.testing.assert_array_equal(again, out)
-    assert np.abs(generate(model, edge_map, steps=2, seed=4) - out).max() > 0.01
+    assert np.abs(generate(model, edge_map, **draw, seed=4) - out).max() > 0.01
     assert out.shape == edge_map.shape and out.dtype == np.float32
     assert out.min() >= 0 and out.max() <= 1 and out.std() > 0.01
 
@@ -304,7 +306,7 @@ def test_a_given_edge_map_replaces_the_source_edges(small_subject):
     edges[8:24, 8:24, 16] = 1
     out = harmonize(model, source, mask, steps=2, start_time=0.0, refinement="none", edge_map=edges)
     assert out["edge_map"] is edges
-    expected = generate(model, edges, steps=2, seed=0)
+    expected = generate(model, edges, steps=2, solver=config.T1W.solver, start_time=0.0, seed=config.T1W.seed)
     expected[mask == 0] = 0
     np.testing.assert_array_equal(out["generated"], expected)
     own = harmonize(model, source, mask, steps=2, start_time=0.0, refinement="none")
@@ -313,8 +315,8 @@ def test_a_given_edge_map_replaces_the_source_edges(small_subject):
 
 def test_generate_from_an_edge_map_is_edge_dependent():
     model = in_memory(random_net(5))
-    a = generate(model, edge_cube(), steps=2, seed=0)
-    b = generate(model, np.zeros((16, 16, 16), np.uint8), steps=2, seed=0)
+    a = generate(model, edge_cube(), steps=2, solver="midpoint", start_time=0.0, seed=0)
+    b = generate(model, np.zeros((16, 16, 16), np.uint8), steps=2, solver="midpoint", start_time=0.0, seed=0)
     assert np.abs(a - b).max() > 0.01
 
 

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 from .. import __version__
-from ..config import (DEFAULT_MODELS, DEFAULT_PRESET, METHODS, PRESETS, PRESETS_WHAT, SHIPPED_MODELS, T1W,
-                      model_path, summary)
+from ..config import (BRAIN_EXTRACTION, BRAIN_EXTRACTIONS, DEFAULT_MODELS, DEFAULT_PRESET, DEVICE, DEVICES, METHODS,
+                      PRESETS, PRESETS_WHAT, SHIPPED_MODELS, T1W, model_path, summary)
 
 
 def _preset_help() -> str:
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="expert settings file (TOML, or JSON for .json) that changes the preset's: keys named as "
                         "the sidecar's Harmonization settings (steps, solver, start_time, start_from, samples, "
                         "refinement, refine_step, ...), for every contrast or in a [T1w] / [T2w] table")
-    g.add_argument("--brain-extraction", choices=("auto", "deepbet", "template", "nonzero"), default="auto",
+    g.add_argument("--brain-extraction", choices=BRAIN_EXTRACTIONS, default=BRAIN_EXTRACTION,
                    help="auto: the non-zero voxels of skull-stripped inputs, deepbet for T1w heads, "
                         "template-based otherwise; nonzero: the input is already skull-stripped")
 
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--nprocs", "--n-cpus", type=_positive_int, default=os.cpu_count() or 1,
                    help="jobs run in parallel")
     g.add_argument("--omp-nthreads", type=_positive_int, help="threads per job (default: nprocs / jobs, >= 1)")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when present")
+    g.add_argument("--device", choices=DEVICES, default=DEVICE, help="auto: CUDA when present")
     g.add_argument("--plugin", default=None, help="nipype plugin: Linear, MultiProc, SLURM, SGE, PBS, ...")
     g.add_argument("--plugin-args", default=None,
                    help="JSON object of nipype plugin arguments, e.g. '{\"sbatch_args\": \"-p short\"}'")

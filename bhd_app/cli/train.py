@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import PAPER_TRAINING, PARAMETERIZATIONS, TRAINING, TrainingSettings
+from ..config import DEVICE, DEVICES, PAPER_TRAINING, PARAMETERIZATIONS, TRAINING, TrainingSettings
 from ..errors import BHDInputError
 from ..method.baselines import target_quantiles
 from ..method.model import UNetConfig
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", type=Path, metavar="MODEL",
                    help="start a new run from the weights of a trained model (e.g. the shipped one) and fine-tune "
                         "it on this target domain; --width must match the model's")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--device", choices=DEVICES, default=DEVICE)
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the network for training (slightly faster steps after minutes of compiling)")

@@ -68,7 +68,7 @@ def training_noise(shape: tuple[int, ...], late_fraction: float = 0.0, generator
     return x0, training_times(shape[0], late_fraction, generator, device, dtype)
 
 
-def rectified_flow_loss(net: nn.Module, x1: torch.Tensor, cond: torch.Tensor, parameterization: str = "velocity",
+def rectified_flow_loss(net: nn.Module, x1: torch.Tensor, cond: torch.Tensor, parameterization: str,
                         generator: torch.Generator | None = None, late_fraction: float = 0.0,
                         noise: tuple[torch.Tensor, torch.Tensor] | None = None,
                         start: torch.Tensor | None = None) -> torch.Tensor:

@@ -61,8 +61,8 @@ def at_model_resolution(model: HarmonizationModel, image: np.ndarray) -> np.ndar
     return refine_grid(coarse, image.shape, model.grid_factor)
 
 
-def generate(model: HarmonizationModel, edge_map: np.ndarray, *, steps: int = T1W.steps, solver: str = T1W.solver,
-             start_time: float = 0.0, start_image: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+def generate(model: HarmonizationModel, edge_map: np.ndarray, *, steps: int, solver: str, start_time: float,
+             start_image: np.ndarray | None = None, seed: int) -> np.ndarray:
     """The edge-to-image output for a whole volume (eq. 4), in [0, 1] on the grid of ``edge_map`` (D, H, W).
 
     ``start_time`` 0 integrates from pure noise; t0 > 0 from t0 * ``start_image`` + (1 - t0) * noise.

@@ -39,11 +39,12 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..config import BRAIN_EXTRACTION, BRAIN_EXTRACTIONS, T1W
 from ..errors import BHDInputError
 from ..method.intensity import PERCENTILES, normalize_percentile  # noqa: F401 (part of this stage)
 from .templates import TEMPLATE_SPACE, harmonization_grid, load_template, template_on_grid
 
-BRAIN_EXTRACTION_METHODS = ("auto", "deepbet", "template", "nonzero")
+BRAIN_EXTRACTION_METHODS = BRAIN_EXTRACTIONS
 MAX_ANISOTROPY = 5.0  # largest / smallest voxel size
 MIN_EXTENT_VOXELS = 16  # a "3D" image thinner than this is a slab or a single slice
 MIN_FIELD_OF_VIEW_MM = 80.0  # an image narrower than this along any axis cannot hold a whole brain
@@ -404,9 +405,9 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
 def preprocess(
     path: str | os.PathLike,
     work_dir: str | os.PathLike,
-    brain_extraction: str = "auto",
+    brain_extraction: str = BRAIN_EXTRACTION,
     skull_stripped: bool | None = None,
-    seed: int = 0,
+    seed: int = T1W.seed,
     n_threads: int = 1,
     contrast: str = "T1w",
 ) -> Preprocessed:

@@ -16,7 +16,7 @@ from pathlib import Path
 from nipype.interfaces.utility import Function
 from nipype.pipeline import engine as pe
 
-from ..config import HarmonizationSettings
+from ..config import BRAIN_EXTRACTION, DEVICE, T1W, HarmonizationSettings
 from .bids import Job
 
 
@@ -155,7 +155,7 @@ def _node(function, inputs: list[str], outputs: list[str], name: str, **values) 
     return node
 
 
-def init_job_wf(job: Job, out_dir: Path, bids_dir: Path, settings: dict, device: str = "auto",
+def init_job_wf(job: Job, out_dir: Path, bids_dir: Path, settings: dict, device: str = DEVICE,
                 omp_nthreads: int = 1) -> pe.Workflow:
     """The workflow of one job: preprocessing, harmonization, native-space image, derivatives.
 
@@ -170,8 +170,9 @@ def init_job_wf(job: Job, out_dir: Path, bids_dir: Path, settings: dict, device:
     pre = _node(run_preprocessing, ["in_file", "contrast", "brain_extraction", "seed", "omp_nthreads"],
                 ["preproc_file", "mask_file", "xfm_file", "native_mask_file", "native_preproc_file", "info_file"],
                 "preprocess",
-                in_file=str(job.path), contrast=job.suffix, brain_extraction=settings.get("brain_extraction", "auto"),
-                seed=settings.get("seed", 0), omp_nthreads=omp_nthreads)
+                in_file=str(job.path), contrast=job.suffix,
+                brain_extraction=settings.get("brain_extraction", BRAIN_EXTRACTION),
+                seed=settings.get("seed", T1W.seed), omp_nthreads=omp_nthreads)
     har = _node(run_harmonization, ["preproc_file", "mask_file", "settings", "device", "omp_nthreads"],
                 ["harmonized_file", "generated_file", "edges_file", "info_file", "uncertainty_file"], "harmonize",
                 settings=settings, device=device, omp_nthreads=omp_nthreads)
@@ -201,7 +202,7 @@ def init_job_wf(job: Job, out_dir: Path, bids_dir: Path, settings: dict, device:
 
 
 def init_participant_wf(jobs: list[Job], out_dir: Path, bids_dir: Path, work_dir: Path,
-                        settings_by_suffix: dict[str, dict], device: str = "auto",
+                        settings_by_suffix: dict[str, dict], device: str = DEVICE,
                         omp_nthreads: int = 1) -> pe.Workflow:
     """All jobs side by side in one workflow (they share nothing, so they run in parallel).
 

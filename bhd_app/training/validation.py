@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
-from ..config import T1W, HarmonizationSettings
+from ..config import PAPER, T1W, HarmonizationSettings
 from ..evaluation.alterations import SOURCES, draw_lesions
 from ..evaluation.metrics import fidelity, lesion_contrast
 from ..evaluation.simulation import PROTOCOLS, TARGET_PROTOCOL, Anatomy, make_anatomy, render_on_grid
@@ -114,11 +114,11 @@ def score_with_lesion(image: np.ndarray, subject: TravelingSubject) -> tuple[flo
 
 
 def reconstruction_score(model: HarmonizationModel, subject: TravelingSubject) -> tuple[float, float, float]:
-    """The target render regenerated from its own edge map from pure noise (2 midpoint steps), scored (S4.1):
-    PSNR, SSIM and lesion contrast error, as ``score_with_lesion``."""
+    """The target render regenerated from its own edge map from pure noise (the paper's 2 midpoint steps,
+    ``config.PAPER``), scored (S4.1): PSNR, SSIM and lesion contrast error, as ``score_with_lesion``."""
     edge_map, _ = canny_edges(model_grid(model, subject.target, subject.mask)[0])
-    image = refine_grid(generate(model, edge_map, steps=2, start_time=0.0, seed=0), subject.target.shape,
-                        model.grid_factor)
+    image = refine_grid(generate(model, edge_map, steps=PAPER.steps, solver=PAPER.solver, start_time=PAPER.start_time,
+                                 seed=PAPER.seed), subject.target.shape, model.grid_factor)
     image[subject.mask == 0] = 0
     return score_with_lesion(image, subject)
 
