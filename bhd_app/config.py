@@ -235,8 +235,9 @@ class TrainingSettings:
     random scanner-like changes, at t ~ U(``altered_start_times``) (``training.scanner_changes``;
     image parameterization). ``grid_factor`` 2 trains on the harmonization grid averaged over 2x2x2
     blocks (``method.grid``: 2.4 mm, so a patch holds 8x the anatomy; harmonization then draws there and
-    keeps the draw's low frequencies). The defaults are a CPU recipe; ``PAPER_TRAINING`` is the paper's
-    configuration (section 4.2), for a GPU.
+    keeps the draw's low frequencies). ``bhd-train --recipe`` names a whole recipe (``TRAINING_RECIPES``):
+    ``cpu``, the defaults; ``paper``, the paper's configuration (section 4.2), for a GPU; ``fine-tune``, the
+    shipped IXI-HH models' fine-tune of a trained model.
     """
 
     width: int = 16
@@ -262,6 +263,13 @@ TRAINING = TrainingSettings()
 # Section 4.2: 64^3 patches, batch 8, Adam at 5e-5, 150K steps, the full-width U-Net; the velocity field.
 PAPER_TRAINING = replace(TRAINING, width=64, patch_size=64, batch_size=8, learning_rate=5e-5,
                          parameterization="velocity")
+# The fine-tune of the shipped IXI-HH models (training/ixi-hh/) and of README's one-call model of one's own
+# scanner, from a trained model (--init-from): Adam at 1e-4, half the training times from U(0.5, 1), half the
+# paths from a start with random scanner-like changes, on the 2x coarser grid (ixi-hh-coarse, the T1w default).
+TRAINING_FINE_TUNE = replace(TRAINING, learning_rate=1e-4, late_time_fraction=0.5, altered_start_fraction=0.5,
+                             grid_factor=2)
+TRAINING_RECIPES = {"cpu": TRAINING, "paper": PAPER_TRAINING, "fine-tune": TRAINING_FINE_TUNE}
+DEFAULT_TRAINING_RECIPE = "cpu"
 
 
 def shipped_model_path(name: str) -> Path:

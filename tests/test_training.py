@@ -5,6 +5,9 @@ The loop tests train tiny networks on the session's simulated target-domain (tri
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -277,6 +280,30 @@ def test_training_defaults_are_defined_once():
     assert (config.learning_rate, config.unet.base_width, config.late_time_fraction, config.checkpoint_every_s,
             config.grid_factor) == (1e-4, 8, 0.5, 60.0, 2)
     assert config.patch_size == TRAINING.patch_size and config.parameterization == TRAINING.parameterization
+
+
+def test_a_recipe_names_whole_training_settings_and_the_shipped_models_scripts_use_it():
+    """--recipe paper / fine-tune give config's recipe, an option given beside it wins; the IXI-HH training scripts
+    and README's fine-tune command name the fine-tune recipe instead of repeating its numbers."""
+    from bhd_app.cli.train import build_parser, training_settings
+    from bhd_app.config import TRAINING_FINE_TUNE, TRAINING_RECIPES
+
+    def settings(*options: str):
+        return training_settings(build_parser().parse_args(["run", "--synthetic", "1", *options]))
+
+    assert settings("--recipe", "paper") == PAPER_TRAINING
+    fine_tune = settings("--recipe", "fine-tune")
+    assert fine_tune == TRAINING_FINE_TUNE == TRAINING_RECIPES["fine-tune"]
+    assert (fine_tune.learning_rate, fine_tune.late_time_fraction, fine_tune.altered_start_fraction,
+            fine_tune.grid_factor) == (1e-4, 0.5, 0.5, 2)
+    assert settings("--recipe", "fine-tune", "--grid-factor", "1", "--seed", "3") == replace(
+        TRAINING_FINE_TUNE, grid_factor=1, seed=3)
+    repo = Path(__file__).resolve().parents[1]
+    for script in sorted((repo / "training" / "ixi-hh").glob("*_cpu.sh")):
+        text = script.read_text()
+        assert "--recipe fine-tune" in text and "--lr" not in text and "--late-time-fraction" not in text, script
+    readme = (repo / "README.md").read_text()
+    assert "--recipe fine-tune" in readme and "--lr 1e-4" not in readme
 
 
 def test_compact_state_round_trip(tmp_path):

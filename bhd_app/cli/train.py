@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from ..config import DEVICE, DEVICES, PAPER_TRAINING, PARAMETERIZATIONS, TRAINING, TrainingSettings
+from ..config import (DEFAULT_TRAINING_RECIPE, DEVICE, DEVICES, PARAMETERIZATIONS, TRAINING, TRAINING_RECIPES,
+                      TrainingSettings)
 from ..errors import BHDInputError
 from ..method.baselines import target_quantiles
 from ..method.model import UNetConfig
@@ -32,6 +33,17 @@ from ..training.export import export_model
 from ..training.patches import PatchSampler
 from ..training.trainer import Distributed, TrainConfig, Trainer
 from ..training.validation import Validator, altered_subjects
+
+
+# The options that set a field of config.TrainingSettings of the same name (--lr: learning_rate); --checkpoint-minutes
+# sets checkpoint_every_s.
+RECIPE_OPTIONS = ("width", "patch_size", "batch_size", "learning_rate", "steps", "multi_stride_fraction",
+                  "parameterization", "late_time_fraction", "altered_start_fraction", "grid_factor", "seed")
+
+
+def _by_recipe(name: str, show=lambda value: f"{value:g}" if isinstance(value, float) else str(value)) -> str:
+    """Help text: a TrainingSettings field's value in each recipe."""
+    return " [" + ", ".join(f"{recipe}: {show(getattr(s, name))}" for recipe, s in TRAINING_RECIPES.items()) + "]"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,30 +60,38 @@ def build_parser() -> argparse.ArgumentParser:
                         "by known scanner-like changes and harmonized back at the participant defaults every "
                         "--validate-minutes (RUN_DIR/validation.tsv). Without them a BIDS target is not validated")
     p.add_argument("--lesion-every", type=int, default=3, help="--synthetic: every k-th subject has WM lesions")
-    d, paper = TRAINING, PAPER_TRAINING
-    p.add_argument("--width", type=int, default=d.width, help=f"U-Net base width (paper: {paper.width})")
-    p.add_argument("--patch-size", type=int, default=d.patch_size, help=f"cubic patch size (paper: {paper.patch_size})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help=f"global batch, split over the processes under torchrun (paper: {paper.batch_size})")
-    p.add_argument("--lr", type=float, default=d.learning_rate,
-                   help=f"Adam learning rate (paper: {paper.learning_rate:g})")
-    p.add_argument("--multi-stride-fraction", type=float, default=d.multi_stride_fraction,
-                   help="share of multi-stride patches (section 3.4)")
-    p.add_argument("--late-time-fraction", type=float, default=d.late_time_fraction,
-                   help=f"share of training times drawn from U(0.5, 1) instead of U(0, 1) "
-                        f"(paper: {paper.late_time_fraction:g})")
-    p.add_argument("--altered-start-fraction", type=float, default=d.altered_start_fraction,
+    p.add_argument("--recipe", choices=tuple(TRAINING_RECIPES), default=DEFAULT_TRAINING_RECIPE,
+                   help="the settings below, as a whole (config.TRAINING_RECIPES): cpu, a CPU recipe; paper, the "
+                        "paper's configuration (section 4.2), for a GPU; fine-tune, the shipped IXI-HH models' "
+                        "fine-tune of a trained model (--init-from); an option given below wins (default: "
+                        f"{DEFAULT_TRAINING_RECIPE})")
+    g = p.add_argument_group("the recipe's settings (default: the --recipe's value, given in brackets per recipe)")
+    g.add_argument("--width", type=int, help="U-Net base width" + _by_recipe("width"))
+    g.add_argument("--patch-size", type=int, help="cubic patch size" + _by_recipe("patch_size"))
+    g.add_argument("--batch-size", type=int,
+                   help="global batch, split over the processes under torchrun" + _by_recipe("batch_size"))
+    g.add_argument("--lr", type=float, dest="learning_rate",
+                   help="Adam learning rate" + _by_recipe("learning_rate"))
+    g.add_argument("--multi-stride-fraction", type=float,
+                   help="share of multi-stride patches (section 3.4)" + _by_recipe("multi_stride_fraction"))
+    g.add_argument("--late-time-fraction", type=float,
+                   help="share of training times drawn from U(0.5, 1) instead of U(0, 1)"
+                        + _by_recipe("late_time_fraction"))
+    g.add_argument("--altered-start-fraction", type=float,
                    help="share of patches whose path starts from a copy with random scanner-like changes, "
                         "histogram-matched back, at t ~ U(%g, %g), as the T1w sampler's start is the source "
-                        "(image parameterization; paper: 0)" % d.altered_start_times)
-    p.add_argument("--parameterization", choices=PARAMETERIZATIONS, default=d.parameterization,
-                   help=f"what the network predicts (paper: {paper.parameterization})")
-    p.add_argument("--grid-factor", type=int, choices=(1, 2), default=d.grid_factor,
+                        "(image parameterization)" % TRAINING.altered_start_times + _by_recipe("altered_start_fraction"))
+    g.add_argument("--parameterization", choices=PARAMETERIZATIONS,
+                   help="what the network predicts" + _by_recipe("parameterization"))
+    g.add_argument("--grid-factor", type=int, choices=(1, 2),
                    help="train and draw on the harmonization grid (1) or one twice as coarse (2: 2.4 mm, 8x the "
-                        "anatomy in a patch; T1w keeps the draw's low frequencies)")
-    p.add_argument("--steps", type=int, default=d.steps, help="total steps (resume counts those done)")
+                        "anatomy in a patch; T1w keeps the draw's low frequencies)" + _by_recipe("grid_factor"))
+    g.add_argument("--steps", type=int, help="total steps (resume counts those done)" + _by_recipe("steps"))
+    g.add_argument("--checkpoint-minutes", type=float,
+                   help="minutes between checkpoints"
+                        + _by_recipe("checkpoint_every_s", lambda s: f"{s / 60:g}"))
+    g.add_argument("--seed", type=int, help="random seed" + _by_recipe("seed"))
     p.add_argument("--time-budget", type=float, help="stop after this many minutes in this call")
-    p.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_every_s / 60)
     p.add_argument("--validate-minutes", type=float, default=20.0,
                    help="score the EMA model on validation subjects at most this often (0: never): simulated "
                         "traveling subjects with --synthetic, the --validation-label subjects with --bids-dir")
@@ -90,17 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prepare-only", action="store_true",
                    help="preprocess (or render) the target data into RUN_DIR/data.npz and stop")
     p.add_argument("--mixed-precision", action="store_true", help="bfloat16 autocast on CUDA (faster on a GPU)")
-    p.add_argument("--seed", type=int, default=d.seed)
     return p
 
 
 def training_settings(args: argparse.Namespace) -> TrainingSettings:
-    """The training settings the command line gives (``config.TrainingSettings``; defaults ``config.TRAINING``)."""
-    return replace(TRAINING, width=args.width, patch_size=args.patch_size, batch_size=args.batch_size,
-                   learning_rate=args.lr, steps=args.steps, multi_stride_fraction=args.multi_stride_fraction,
-                   parameterization=args.parameterization, late_time_fraction=args.late_time_fraction,
-                   altered_start_fraction=args.altered_start_fraction, grid_factor=args.grid_factor,
-                   seed=args.seed, checkpoint_every_s=args.checkpoint_minutes * 60)
+    """The training settings the command line gives: the ``--recipe``'s (``config.TRAINING_RECIPES``), with every
+    option given."""
+    given = {name: getattr(args, name) for name in RECIPE_OPTIONS if getattr(args, name) is not None}
+    if args.checkpoint_minutes is not None:
+        given["checkpoint_every_s"] = args.checkpoint_minutes * 60
+    return replace(TRAINING_RECIPES[args.recipe], **given)
 
 
 def load_or_make_data(args) -> tuple[list, list, list, dict]:
@@ -172,11 +191,12 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     dist = Distributed.from_env()
     try:
-        if args.batch_size % dist.world_size:
-            raise BHDInputError(f"--batch-size {args.batch_size} is the global batch: it must be a multiple of "
+        settings = training_settings(args)
+        if settings.batch_size % dist.world_size:
+            raise BHDInputError(f"--batch-size {settings.batch_size} is the global batch: it must be a multiple of "
                                 f"the {dist.world_size} torchrun processes")
         check_labels(args)
-        if args.altered_start_fraction > 0 and args.parameterization != "image":
+        if settings.altered_start_fraction > 0 and settings.parameterization != "image":
             raise BHDInputError("--altered-start-fraction needs --parameterization image (the loss asks for the "
                                 "unchanged image)")
         device = select_device(args.device)
@@ -217,7 +237,7 @@ def train(args: argparse.Namespace, dist: Distributed, device: torch.device) -> 
     config = TrainConfig.from_settings(training_settings(args))
     model_images, model_edges = on_model_grid(images, edges, config.grid_factor, config.unet.downsampling_factor)
     sampler = PatchSampler(model_images, model_edges, config.patch_size, config.multi_stride_fraction,
-                           seed=args.seed)
+                           seed=config.seed)
     trainer = Trainer(config, sampler, args.run_dir, device, dist, compile=args.compile,
                       mixed_precision=args.mixed_precision)
     if trainer.step == 0 and args.compact_state and args.compact_state.exists():

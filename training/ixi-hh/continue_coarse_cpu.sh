@@ -12,7 +12,6 @@ cd "$(dirname "$0")/../.."
 HERE=training/ixi-hh
 exec bhd-train runs/ixi-hh-coarse-continued --bids-dir work/ixi-hh/all \
     --participant-label $(tr ' ' '\n' < $HERE/subjects.txt | head -16) --validation-label IXI206 IXI282 IXI327 \
-    --nprocs 2 --init-from bhd_app/data/models/bhd_ixihh_coarse.pt --grid-factor 2 --altered-start-fraction 0.5 \
-    --width 16 --patch-size 48 --batch-size 4 --lr 1e-4 --late-time-fraction 0.5 --parameterization image \
-    --time-budget "${MINUTES:-60}" --checkpoint-minutes 5 --validate-minutes 10 --seed 0 \
+    --nprocs 2 --init-from bhd_app/data/models/bhd_ixihh_coarse.pt --recipe fine-tune \
+    --time-budget "${MINUTES:-60}" --validate-minutes 10 \
     --compact-state $HERE/compact_state_coarse.pt --export runs/ixi-hh-coarse-continued/model.pt "$@"
