@@ -1,6 +1,6 @@
 """Random scanner-like changes of target-domain patches: in training, the start the T1w sampler meets.
 
-A T1w sampler started late (``--start-time 0.9``) starts from the noised source, histogram-matched and
+A T1w sampler started late (``start_time`` 0.9) starts from the noised source, histogram-matched and
 refined (``flow.sample``): what separates that start from a target image is another scanner's
 contrast, not Gaussian noise alone. With ``altered_start_fraction`` > 0, that share of each batch builds
 x_t = t * start + (1 - t) * x0 from a changed copy of the target patch, histogram-matched back to
