@@ -229,8 +229,10 @@ def test_methods_text_names_the_settings_the_model_of_each_contrast_and_the_refe
                 "T2w": CONTRAST_CONVERSION.to_dict() | {"model": "/models/bhd_ixihh.pt", "model_sha256": "cd" * 32}}
     text = methods_text(settings, {"bhd": "0.1.0", "antspyx": "0.5.4", "nipype": "1.9"}, "auto")
     assert "4 averaged draws" in text and "uncertainty map" in text
-    assert f"euler solver, 1 step, starting at t0 = {T1W.start_time:g}" in text and "N4" in text and "deepbet" in text
-    assert "midpoint solver, 2 steps, from pure noise" in text
+    for s in (T1W, CONTRAST_CONVERSION):  # the settings' own numbers, whatever the defaults are
+        start = "from pure noise" if s.start_time == 0 else f"starting at t0 = {s.start_time:g}"
+        assert f"{s.solver} solver, {s.steps} step{'s' if s.steps != 1 else ''}, {start}" in text
+    assert "N4" in text and "deepbet" in text and "arXiv:2505.00133" in text
     assert f"The T1w model was bhd_ixihh_coarse.pt, sha256 {'ab' * 32}" in text
     assert f"The T2w model was bhd_ixihh.pt, sha256 {'cd' * 32}" in text
     for ref in ("Jeong H, Lee H, Chun SY, Lee J", "Avants", "Gorgolewski", "Yarkoni", "Fisch"):

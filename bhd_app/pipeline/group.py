@@ -284,6 +284,25 @@ def _target_quantiles(records: list[dict], model_path: Path | None) -> dict[str,
     return out
 
 
+def separability_by_condition(records: list[dict], measured: dict[str, list[dict]]) -> dict[str, float]:
+    """``site_separability`` of each version of the images (before, the method run, histogram matching)."""
+    out = {}
+    for condition, entries in measured.items():
+        versions = [dict(r, version=e["image"][e["mask"]]) for r, e in zip(records, entries)]
+        out[condition] = site_separability(versions, "version")
+    return out
+
+
+def _target_names(records: list[dict], model_path: Path | None,
+                  quantiles: dict[str, np.ndarray]) -> dict[str, tuple[str, np.ndarray]]:
+    """Per input contrast, (its model's name, its target histogram) for the report's histograms."""
+    from ..config import models_by_contrast
+    from .derivatives import model_identity
+
+    paths = models_by_contrast(model_path, sorted(quantiles))
+    return {suffix: (model_identity(paths[suffix]).get("name", ""), q) for suffix, q in quantiles.items()}
+
+
 def run_group_level(bids_dir: Path, out_dir: Path, model_path: Path | None = None,
                     database_dir: Path | None = None) -> int:
     """Gather the participant results into the group TSVs and HTML report (``database_dir``: pybids' index)."""
@@ -305,10 +324,12 @@ def run_group_level(bids_dir: Path, out_dir: Path, model_path: Path | None = Non
     def progress(line: str) -> None:
         print(f"bhd group [{timedelta(seconds=round(time.monotonic() - started))}] {line}", flush=True)
 
-    measured = measure_images(records, _target_quantiles(records, model_path), progress)
+    quantiles = _target_quantiles(records, model_path)
+    measured = measure_images(records, quantiles, progress)
     tables = downstream_tables(records, measured, read_participants(Path(bids_dir)), progress)
     progress("writing the group tables and report")
-    html = group_report_html(records, before, after, failed_jobs(out_dir), tables)
+    html = group_report_html(records, separability_by_condition(records, measured), failed_jobs(out_dir), tables,
+                             _target_names(records, model_path, quantiles))
     texts = {out_dir / "group_bhd.tsv": group_tsv(records), out_dir / "group_report.html": html}
     texts |= {out_dir / f"group_{name}.tsv": tsv_text(rows) for name, rows in tables.items()}
     try:
