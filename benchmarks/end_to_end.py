@@ -178,10 +178,18 @@ def native_output(grid: np.ndarray, prep: Path, in_file: Path, native: str) -> n
 
 
 def volumes(image: np.ndarray, mask: np.ndarray) -> dict[str, float]:
-    """CSF/GM/WM volumes (mL) of the group level's segmentation of a native image in its brain mask."""
+    """CSF/GM/WM volumes (voxels) of the group level's segmentation of a native image in its brain mask.
+
+    NaN where Atropos cannot segment the image (a rendering with no tissue contrast left); the tables
+    count such rows as missing volumes and say how many there were.
+    """
     from bhd_app.pipeline.site_effects import segment
 
-    labels = segment(image, mask)
+    try:
+        labels = segment(image, mask)
+    except Exception as error:  # ants.atropos raises a bare Exception on a non-zero exit
+        print(f"  segmentation failed ({error}); volumes recorded as missing", flush=True)
+        return {t: float("nan") for t in TISSUES}
     return {t: float((labels == k + 1).sum()) for k, t in enumerate(TISSUES)}
 
 
@@ -193,8 +201,17 @@ def score_task(args: tuple) -> list[dict]:
 
     torch.set_num_threads(1)
     label, folder, change, suffixes, nyul, variants, voxel_ml = args
+    key = {"variants": variants, "defaults": {s: preset(s).to_dict() for s in ("T1w", "T2w")},
+           "models": dict(DEFAULT_MODELS)}
+    cached = Path(folder) / f"{change}_rows.json"
+    if cached.exists() and json.loads(cached.read_text())["key"] == json.loads(json.dumps(key)):
+        return json.loads(cached.read_text())["rows"]
     models = {s: load_model(shipped_model_path(DEFAULT_MODELS[s])) for s in ("T1w", "T2w")}
-    return score_head(label, folder, [change], suffixes, models, nyul, variants, voxel_ml)
+    rows = score_head(label, folder, [change], suffixes, models, nyul, variants, voxel_ml)
+    tmp = cached.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, "rows": rows}, indent=1))
+    tmp.replace(cached)
+    return rows
 
 
 def score_head(label: str, folder: Path, changes: list[str], suffixes: dict, models: dict, nyul, variants: dict,
@@ -225,11 +242,17 @@ def score_head(label: str, folder: Path, changes: list[str], suffixes: dict, mod
                    "ssim": round(s, 4),
                    "lesion_error": round(abs(lesion_contrast(image, lesion, shell) - truth_contrast), 4)}
             for t in TISSUES:
-                row[f"{t}_error_ml"] = round((v[t] - truth_volumes[t]) * voxel_ml, 1)
+                error = (v[t] - truth_volumes[t]) * voxel_ml
+                row[f"{t}_error_ml"] = None if np.isnan(error) else round(error, 1)
             rows.append(row)
             print(f"  {label} {name:10s} {method:22s} {p:6.2f} dB  SSIM {s:.4f}  GM {row['gm_error_ml']:+7.1f} mL  "
                   f"WM {row['wm_error_ml']:+7.1f} mL", flush=True)
     return rows
+
+
+def magnitude(row: dict, key: str) -> float:
+    """|row[key]|, NaN for a missing volume."""
+    return float("nan") if row[key] is None else abs(row[key])
 
 
 def table(rows: list[dict]) -> str:
@@ -244,7 +267,7 @@ def table(rows: list[dict]) -> str:
             sel = [r for r in ok if r["change"] == c and r["method"] == m]
             if not sel:
                 continue
-            mean = {k: float(np.mean([abs(r[k]) for r in sel])) for k in
+            mean = {k: float(np.nanmean([magnitude(r, k) for r in sel])) for k in
                     ("psnr", "ssim", "lesion_error", "csf_error_ml", "gm_error_ml", "wm_error_ml")}
             lines.append(f"| {c} | {m} | {mean['psnr']:.2f} | {mean['ssim']:.4f} | {mean['lesion_error']:.3f} | "
                          f"{mean['csf_error_ml']:.1f} | {mean['gm_error_ml']:.1f} | {mean['wm_error_ml']:.1f} |")
@@ -254,7 +277,7 @@ def table(rows: list[dict]) -> str:
     t1w = [c for c in changes if any(r["suffix"] == "T1w" for r in ok if r["change"] == c)]
 
     def mean_of(m: str, key: str) -> float:
-        return float(np.mean([np.mean([abs(r[key]) for r in ok if r["change"] == c and r["method"] == m])
+        return float(np.mean([np.nanmean([magnitude(r, key) for r in ok if r["change"] == c and r["method"] == m])
                               for c in t1w]))
 
     for m in methods:
@@ -269,6 +292,10 @@ def table(rows: list[dict]) -> str:
                    for m in CONTROLS + ("random edges",) if any(r["change"] == c and r["method"] == m for r in ok))
         margins.append(f"{c} {np.mean([r['psnr'] for r in ok if r['change'] == c and r['method'] == 'bhd']) - best:+.2f}")
     lines += ["", "bhd minus the best control (PSNR, dB): " + ", ".join(margins)]
+    unsegmented = [r for r in ok if r["gm_error_ml"] is None]
+    if unsegmented:
+        lines += ["", f"Volumes missing where Atropos could not segment the output ({len(unsegmented)} rows, left out of "
+                  "the volume means): " + ", ".join(f"{r['head']} {r['change']} {r['method']}" for r in unsegmented)]
     failed = [r for r in rows if "failed" in r]
     lines += [f"\nRefused by the pipeline: {r['head']} {r['change']}: {r['failed']}" for r in failed]
     return "\n".join(lines) + "\n"
