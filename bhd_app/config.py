@@ -27,6 +27,7 @@ REFINE_REFERENCES = ("source", "histmatch", "start")
 STEP_RULES = ("rms", "paper")
 REFINE_REGIONS = ("brain", "volume")
 NATIVE = ("change", "resample")
+FINISHES = ("none", "histmatch")
 CONTRASTS = ("T1w", "T2w")
 # Brain extraction: auto takes the non-zero voxels of skull-stripped inputs, deepbet for T1w heads, else the template.
 BRAIN_EXTRACTIONS = ("auto", "deepbet", "template", "nonzero")
@@ -36,7 +37,7 @@ DEVICE = "auto"  # CUDA when present
 # The choices of each HarmonizationSettings field that has them (a settings file is checked against these).
 CHOICES = {"method": METHODS, "solver": SOLVERS, "start_from": START_FROM, "refinement": REFINEMENTS,
            "refine_step_rule": STEP_RULES, "refine_region": REFINE_REGIONS, "refine_reference": REFINE_REFERENCES,
-           "native": NATIVE}
+           "native": NATIVE, "finish": FINISHES}
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class HarmonizationSettings:
     MI) with ``refine_reference`` (``refine_step_rule`` says what ``refine_step`` means), or
     (``split``) keeps the draw's low frequencies below a Gaussian low-pass of ``split_sigma_mm`` and the
     reference's high frequencies (``refinement.refine``); the reference ``start`` is the start image.
+    ``finish`` ``histmatch`` matches the refined brain's histogram to the target histogram at the end.
     ``native`` says how the native-grid image is made: ``change`` adds the change made on the grid
     to the input at its own resolution (finer detail kept); ``resample`` resamples the harmonized
     grid image (contrast conversion, where the input's own detail has the other contrast).
@@ -68,6 +70,7 @@ class HarmonizationSettings:
     refine_region: str = "brain"
     refine_reference: str = "start"
     split_sigma_mm: float = 19.2
+    finish: str = "none"
     native: str = "change"
     seed: int = 0
 

@@ -299,6 +299,24 @@ def test_split_against_the_refined_start_keeps_its_detail_and_the_draws_low_freq
         harmonize(model, source, mask, **{**settings, "start_from": "target"})
 
 
+def test_finish_histmatch_gives_the_refined_brain_the_target_histogram(small_subject):
+    """``finish`` histmatch: the split's output with its brain mapped onto the target quantiles (closed form:
+    its brain quantiles are the target's; the order of its voxels is the refined image's)."""
+    source, mask, target = small_subject["vision15t"], small_subject["mask"], small_subject["trio3t"]
+    quantiles = target_quantiles([target], [mask])
+    model = in_memory(random_net(7), parameterization="image", quantiles=quantiles)
+    settings = dict(steps=1, solver="euler", start_time=0.0, refinement="split", refine_reference="histmatch",
+                    split_sigma_mm=2.4, seed=3)
+    refined = harmonize(model, source, mask, **settings, voxel_size=(1.2, 1.2, 1.2))["harmonized"]
+    finished = harmonize(model, source, mask, **settings, finish="histmatch", voxel_size=(1.2, 1.2, 1.2))
+    brain = mask > 0
+    np.testing.assert_allclose(np.quantile(finished["harmonized"][brain], np.linspace(0, 1, len(quantiles))),
+                               quantiles, atol=2e-3)
+    assert np.all(np.diff(finished["harmonized"][brain][np.argsort(refined[brain], kind="stable")]) >= -1e-6)
+    assert np.all(finished["harmonized"][~brain] == 0)
+    assert np.abs(finished["harmonized"] - refined).max() > 1e-3
+
+
 def test_a_given_edge_map_replaces_the_source_edges(small_subject):
     source, mask = small_subject["vision15t"], small_subject["mask"]
     model = in_memory(random_net(7))

@@ -139,6 +139,8 @@ def harmonize(model: HarmonizationModel, source: np.ndarray, mask: np.ndarray,
     harmonized, history = refine(generated, reference, mask, s.refinement, s.refine_step, s.refine_iterations,
                                  s.refine_region, s.refine_step_rule, s.split_sigma_mm, reference_seen=seen,
                                  voxel_size=voxel_size)
+    if s.finish == "histmatch":
+        harmonized = histogram_matching(harmonized, mask, model.target_quantiles)
     harmonized[mask == 0] = 0
     return {"edge_map": refine_grid(edge_map, source.shape, factor, order=0), "generated": generated,
             "harmonized": harmonized, "refinement_history": history, "uncertainty": uncertainty}
