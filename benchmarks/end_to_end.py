@@ -326,14 +326,16 @@ def figure(out: Path, label: str, change: str, png: Path) -> None:
         grid = apply_method(model, source, mask, replace(preset("T1w"), method=method))["harmonized"]
         panels[title] = native_output(grid, prep, folder / f"{change}.nii.gz", preset("T1w").native)
     centre = int(np.argwhere(brain).mean(axis=0)[1])
-    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.4))
+    rows, cols = np.nonzero(brain[:, centre, :])
+    box = (slice(max(rows.min() - 4, 0), rows.max() + 5), slice(max(cols.min() - 4, 0), cols.max() + 5))
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 3.4))
     for ax, (title, image) in zip(axes, panels.items()):
         p = fidelity(image, truth, brain)[0] if "truth" not in title else None
-        ax.imshow(np.rot90(percentile_normalized(image, brain)[:, centre, :]), cmap="gray", vmin=0, vmax=1)
+        ax.imshow(percentile_normalized(image, brain)[:, centre, :][box], cmap="gray", vmin=0, vmax=1)
         ax.set_title(title + (f"\n{p:.2f} dB PSNR" if p else "\n"), fontsize=9)
         ax.axis("off")
     fig.suptitle(f"IXI Hammersmith head {label} (IXI dataset, brain-development.org, CC BY-SA 3.0)", fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
     fig.savefig(png, dpi=110)
 
 
