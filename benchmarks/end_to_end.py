@@ -35,6 +35,7 @@ import multiprocessing as mp
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -228,7 +229,7 @@ def score_head(label: str, folder: Path, changes: list[str], suffixes: dict, mod
         prep = folder / f"{name}_prep"
         if (prep / "failed.txt").exists():
             rows.append({"head": label, "change": name, "suffix": suffixes[name], "method": "all",
-                         "failed": (prep / "failed.txt").read_text().strip()})
+                         "failed": "refused by the pipeline: " + (prep / "failed.txt").read_text().strip()})
             continue
         suffix = suffixes[name]
         source, mask = load(prep / "preproc.nii.gz"), load(prep / "brain_mask.nii.gz")
@@ -245,14 +246,16 @@ def score_head(label: str, folder: Path, changes: list[str], suffixes: dict, mod
                 error = (v[t] - truth_volumes[t]) * voxel_ml
                 row[f"{t}_error_ml"] = None if np.isnan(error) else round(error, 1)
             rows.append(row)
-            print(f"  {label} {name:10s} {method:22s} {p:6.2f} dB  SSIM {s:.4f}  GM {row['gm_error_ml']:+7.1f} mL  "
-                  f"WM {row['wm_error_ml']:+7.1f} mL", flush=True)
+            gm, wm = (f"{row[k]:+7.1f}" if row[k] is not None else "missing" for k in ("gm_error_ml", "wm_error_ml"))
+            print(f"  {label} {name:10s} {method:22s} {p:6.2f} dB  SSIM {s:.4f}  GM {gm} mL  WM {wm} mL", flush=True)
     return rows
 
 
 def magnitude(row: dict, key: str) -> float:
-    """|row[key]|, NaN for a missing volume."""
-    return float("nan") if row[key] is None else abs(row[key])
+    """|row[key]| for an error (``*_error*``), row[key] for a score (PSNR, SSIM); NaN for a missing volume."""
+    if row[key] is None:
+        return float("nan")
+    return abs(row[key]) if "error" in key else row[key]
 
 
 def table(rows: list[dict]) -> str:
@@ -297,7 +300,7 @@ def table(rows: list[dict]) -> str:
         lines += ["", f"Volumes missing where Atropos could not segment the output ({len(unsegmented)} rows, left out of "
                   "the volume means): " + ", ".join(f"{r['head']} {r['change']} {r['method']}" for r in unsegmented)]
     failed = [r for r in rows if "failed" in r]
-    lines += [f"\nRefused by the pipeline: {r['head']} {r['change']}: {r['failed']}" for r in failed]
+    lines += [f"\nNot scored: {r['head']} {r['change']}: {r['failed']}" for r in failed]
     return "\n".join(lines) + "\n"
 
 
@@ -393,8 +396,17 @@ def main(argv=None) -> int:
               float(np.prod(nib.load(str(files[label])).header.get_zooms()[:3])) / 1000.0)
              for label in heldout for change in args.changes]
     print(f"scoring {len(tasks)} images ({time.time() - start:.0f} s)", flush=True)
-    with mp.get_context("spawn").Pool(args.nprocs) as pool:
-        rows = [row for part in pool.map(score_task, tasks, chunksize=1) for row in part]
+    rows = []
+    # A worker that dies in native code (Atropos on a degenerate image) fails the tasks left, not the run: the
+    # rows of every finished task are kept, and a rerun resumes from them.
+    with ProcessPoolExecutor(args.nprocs, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(score_task, task) for task in tasks]
+        for task, future in zip(tasks, futures):
+            try:
+                rows += future.result()
+            except Exception as error:  # BrokenProcessPool included
+                rows.append({"head": task[0], "change": task[2], "suffix": task[3][task[2]], "method": "all",
+                             "failed": f"scoring stopped: {type(error).__name__}: {error}"})
     meta = {"heads": heldout, "set": args.heads, "changes": args.changes, "variants": variants,
             "models": dict(DEFAULT_MODELS), "seconds": round(time.time() - start)}
     results_file.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
