@@ -188,6 +188,7 @@ def finished(participant_run, tmp_path) -> tuple[Path, Path]:
     return ds, out
 
 
+@pytest.mark.slow  # a whole group level (or two participant runs): 1-3 min on 2 cores
 def test_group_level_cannot_write_is_one_line_error(finished, capsys):
     ds, out = finished
     (out / "group_report.html").mkdir()  # root ignores permissions: a folder in the way fails for everyone
@@ -226,6 +227,7 @@ def test_group_level_full_disk(finished, tmp_path, capsys):
         assert not (full / "out" / "group_bhd.tsv").exists() and not list((full / "out").glob(".*.tmp"))
 
 
+@pytest.mark.slow  # a whole group level (or two participant runs): 1-3 min on 2 cores
 def test_group_level_skips_unreadable_files_with_a_warning(finished, capsys, caplog):
     ds, out = finished
     (ds / "sub-02" / "ses-vida" / "anat" / "sub-02_ses-vida_T1w.json").write_text("{")

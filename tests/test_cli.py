@@ -365,6 +365,7 @@ def test_a_preset_and_a_settings_file_through_the_cli_are_recorded(participant_r
     assert np.abs(image - default_image).mean() > 1e-3
 
 
+@pytest.mark.slow  # a whole group level (or two participant runs): 1-3 min on 2 cores
 def test_a_new_model_redoes_cached_harmonization(participant_run, tmp_path):
     """The work folder caches nodes; a model file replaced at the same path must not reuse the old output.
 

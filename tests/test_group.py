@@ -128,6 +128,7 @@ def test_group_level_without_travelers_or_participants_tsv(participant_run, tmp_
     assert "No subject was seen on two scanners" in (out / "group_report.html").read_text()
 
 
+@pytest.mark.slow  # a whole group level (or two participant runs): 1-3 min on 2 cores
 def test_group_level_leaves_nothing_in_the_temp_folder(participant_run, tmp_path, monkeypatch):
     """antspyx's Atropos and registration leave their images in the temp folder (a shared /tmp under Singularity)."""
     tmp, out = tmp_path / "tmp", tmp_path / "out"
