@@ -49,7 +49,7 @@ import ixi_hh_bids  # noqa: E402
 from bhd_app.config import DEFAULT_MODELS, preset, shipped_model_path  # noqa: E402
 from bhd_app.evaluation.alterations import draw_lesions  # noqa: E402
 from bhd_app.evaluation.head_changes import CHANGES, apply_change, deep_region, memberships  # noqa: E402
-from bhd_app.evaluation.metrics import fidelity, lesion_contrast  # noqa: E402
+from bhd_app.method.metrics import fidelity, lesion_contrast  # noqa: E402
 
 HEADS = {"choice": slice(0, 3), "test": slice(6, 11)}
 CONTROLS = ("none", "histmatch", "ssimh", "nyul", "histmatch + NCC")
@@ -313,7 +313,7 @@ def figure(out: Path, label: str, change: str, png: Path) -> None:
     import matplotlib.pyplot as plt
     import torch
 
-    from bhd_app.evaluation.metrics import percentile_normalized
+    from bhd_app.method.metrics import percentile_normalized
     from bhd_app.method.harmonize import apply_method
     from bhd_app.modelfile import load_model
 

@@ -23,7 +23,7 @@ import nibabel as nib
 import numpy as np
 
 from bhd_app.config import T1W
-from bhd_app.evaluation.metrics import fidelity
+from bhd_app.method.metrics import fidelity
 from bhd_app.method.harmonize import harmonize
 from bhd_app.modelfile import load_model
 from bhd_app.pipeline.preprocessing import carry_change_to_native, preprocess, to_native

@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO / "bids_examples"))
 import make_examples  # noqa: E402
 
 from bhd_app.config import T1W, shipped_model_path  # noqa: E402
-from bhd_app.evaluation.metrics import fidelity, lesion_contrast  # noqa: E402
+from bhd_app.method.metrics import fidelity, lesion_contrast  # noqa: E402
 from bhd_app.evaluation.simulation import PROTOCOLS, make_anatomy  # noqa: E402
 from bhd_app.method.baselines import histogram_matching, random_edges, spectrum_swapping  # noqa: E402
 from bhd_app.method.harmonize import harmonize, model_grid  # noqa: E402

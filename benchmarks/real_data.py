@@ -45,7 +45,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from bhd_app.evaluation.metrics import fidelity, lesion_contrast, ssim
+from bhd_app.method.metrics import fidelity, lesion_contrast, ssim
 from bhd_app.pipeline.group import collect_results, site_separability
 from bhd_app.pipeline.templates import GRID_SPACING
 

@@ -41,7 +41,7 @@ from bhd_app.method.baselines import (histogram_matching, random_edges, spectrum
 from bhd_app.config import PAPER, T1W, preset
 from bhd_app.method.harmonize import at_model_resolution, harmonize, model_grid, refined_start
 from bhd_app.modelfile import load_model
-from bhd_app.evaluation.metrics import fidelity, lesion_contrast
+from bhd_app.method.metrics import fidelity, lesion_contrast
 from bhd_app.method.refinement import refine
 from bhd_app.training.data import load_cache
 

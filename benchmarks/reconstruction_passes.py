@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from bhd_app.config import model_path
-from bhd_app.evaluation.metrics import fidelity
+from bhd_app.method.metrics import fidelity
 from bhd_app.method.harmonize import harmonize
 from bhd_app.modelfile import load_model
 from bhd_app.training.data import load_cache

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bhd_app.evaluation import alterations
-from bhd_app.evaluation.metrics import lesion_contrast
+from bhd_app.method.metrics import lesion_contrast
 
 
 def best_global_map_residual(altered: np.ndarray, truth: np.ndarray, mask: np.ndarray, bins: int = 256) -> float:

@@ -11,7 +11,7 @@ import pytest
 
 from bhd_app.errors import BHDInputError
 from bhd_app.evaluation import simulation
-from bhd_app.evaluation.metrics import psnr
+from bhd_app.method.metrics import psnr
 from bhd_app.method.baselines import histogram_matching, spectrum_swapping, target_quantiles, target_spectrum
 from bhd_app.method.model import EdgeToImageUNet, UNetConfig
 from bhd_app.modelfile import load_model, save_model

@@ -22,7 +22,7 @@ import torch
 import bhd_app
 from bhd_app import config
 from bhd_app.errors import BHDInputError
-from bhd_app.evaluation.metrics import ncc
+from bhd_app.method.metrics import ncc
 from bhd_app.method.baselines import histogram_matching, target_quantiles
 from bhd_app.method.flow import from_flow_space, to_flow_space
 from bhd_app.method.harmonize import HarmonizationModel, generate, harmonize

@@ -1,4 +1,4 @@
-"""Tests of bhd_app.evaluation.metrics: PSNR, SSIM and NCC inside a brain mask, against known closed-form values.
+"""Tests of bhd_app.method.metrics: PSNR, SSIM and NCC inside a brain mask, against known closed-form values.
 
 The reference image is the real stroke T1w (normalized to [0, 1], brain-extracted) where the shared data are
 present, else a smooth random volume; the mask is its brain.
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bhd_app.evaluation.metrics import fidelity, ncc, psnr, ssim
+from bhd_app.method.metrics import fidelity, ncc, psnr, ssim
 
 
 @pytest.fixture(scope="module")

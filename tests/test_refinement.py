@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from bhd_app.evaluation import metrics
+from bhd_app.method import metrics
 from bhd_app.method.refinement import OBJECTIVES, mi_gradient, ncc_gradient, refine
 
 # A 14 x 14 x 14 block inside the brain for the (slow, Parzen-window) MI objective.

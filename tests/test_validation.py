@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bhd_app.evaluation.metrics import lesion_contrast
+from bhd_app.method.metrics import lesion_contrast
 from bhd_app.evaluation.simulation import make_anatomy
 from bhd_app.pipeline.templates import harmonization_grid
 from bhd_app.training.validation import (VALIDATION_ALTERATIONS, VALIDATION_SEEDS, altered_subjects, lesion_masks,

@@ -1,1 +1,1 @@
-"""Evaluation: simulated scanners and traveling subjects, known alterations, and image metrics."""
+"""Evaluation: simulated scanners and traveling subjects, and known alterations (the image metrics are in bhd_app.method.metrics)."""

@@ -134,7 +134,7 @@ def _report(job: Job, preproc_file: str, mask_file: str, edges_file: str, harmon
     import nibabel as nib
     import numpy as np
 
-    from ..evaluation.metrics import ncc
+    from ..method.metrics import ncc
     from .reports import participant_report_html
     from .templates import template_on_grid
 

@@ -426,7 +426,7 @@ def verdict(preproc: np.ndarray, harmonized: np.ndarray, mask: np.ndarray, targe
     """
     from scipy import ndimage
 
-    from ..evaluation.metrics import ncc
+    from ..method.metrics import ncc
 
     brain = mask > 0
     out: dict = {"warnings": [], "distance_before": None, "distance_after": None}

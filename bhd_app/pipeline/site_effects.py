@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage, stats
 
-from ..evaluation.metrics import fidelity
+from ..method.metrics import fidelity
 from .templates import harmonization_grid
 
 TISSUES = ("CSF", "GM", "WM")  # labels 1, 2, 3 of ``segment``

@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from ..config import PAPER, T1W, HarmonizationSettings
 from ..evaluation.alterations import SOURCES, draw_lesions
-from ..evaluation.metrics import fidelity, lesion_contrast
+from ..method.metrics import fidelity, lesion_contrast
 from ..evaluation.simulation import PROTOCOLS, TARGET_PROTOCOL, Anatomy, make_anatomy, render_on_grid
 from ..method.baselines import histogram_matching
 from ..method.edges import canny_edges
