@@ -5,8 +5,9 @@
 
 Reports, on one simulated subject on the 128 x 160 x 136 harmonization grid, at the participant level's
 T1w defaults (``config.preset("T1w")``) and with the model's own grid (a coarse-grid model draws on its grid):
-* the edge map, the start (histogram matching + the NCC refinement), the edge-to-image sampling, the
-  refinement (the frequency split by default) and their total;
+* the stages of ``harmonize`` at those settings: the edge map, the start images (histogram matching, and
+  the NCC step where ``start_from`` is ``refined``), the edge-to-image draws and the refinement (``combine``),
+  and their total;
 * the T2w preset's contrast conversion (``harmonize`` as the participant level calls it), whole;
 * peak memory of whole-volume inference (CPU: max RSS of this process; CUDA: max allocated);
 * training throughput (patches per second) at the model's training configuration, on its grid.
@@ -24,12 +25,9 @@ import torch
 
 from bhd_app.config import model_path, preset
 from bhd_app.evaluation.simulation import PROTOCOLS, make_anatomy, render_on_grid
-from bhd_app.method.baselines import histogram_matching
 from bhd_app.method.edges import canny_edges
-from bhd_app.method.grid import coarsen, refine_grid
-from bhd_app.method.harmonize import at_model_resolution, generate, harmonize, model_grid, refined_start
+from bhd_app.method.harmonize import combine, draw, harmonize, model_grid, start_images
 from bhd_app.method.model import UNetConfig
-from bhd_app.method.refinement import refine
 from bhd_app.modelfile import load_model, select_device
 from bhd_app.training.patches import PatchSampler
 from bhd_app.training.trainer import TrainConfig, Trainer
@@ -59,14 +57,11 @@ def main() -> None:
     grid_source, _ = model_grid(model, source, mask)
     edge_map, _ = canny_edges(grid_source)
     t1 = time.perf_counter()
-    start = refined_start(histogram_matching(source, mask, model.target_quantiles), source, mask, t1w)
+    images = start_images(model, source, mask, t1w)
     t2 = time.perf_counter()
-    generated = generate(model, edge_map, steps=t1w.steps, solver=t1w.solver, start_time=t1w.start_time, seed=t1w.seed,
-                         start_image=coarsen(start, model.grid_factor, model.net.config.downsampling_factor))
-    generated = refine_grid(generated, source.shape, model.grid_factor)
+    generated, _ = draw(model, edge_map, images["start"], mask, t1w)
     t3 = time.perf_counter()
-    refine(generated, start, mask, t1w.refinement, t1w.refine_step, t1w.refine_iterations, t1w.refine_region,
-           t1w.refine_step_rule, t1w.split_sigma_mm, reference_seen=at_model_resolution(model, start))
+    combine(model, generated, images[t1w.refine_reference], mask, t1w)
     t4 = time.perf_counter()
     harmonize(model, source, mask, preset("T2w"))
     t5 = time.perf_counter()

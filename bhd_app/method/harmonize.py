@@ -93,7 +93,8 @@ def refined_start(matched: np.ndarray, source: np.ndarray, mask: np.ndarray,
 def harmonize(model: HarmonizationModel, source: np.ndarray, mask: np.ndarray,
               settings: HarmonizationSettings = T1W, *, edge_map: np.ndarray | None = None,
               voxel_size: tuple[float, ...] = GRID_SPACING, **overrides) -> dict[str, np.ndarray | list]:
-    """Harmonize a preprocessed source image (D, H, W) on the grid, in [0, 1], zero outside ``mask``.
+    """Harmonize a preprocessed source image (D, H, W) on the grid, in [0, 1], zero outside ``mask``, in three
+    stages: ``start_images``, ``draw`` (from the edge map) and ``combine`` (the refinement).
 
     ``settings`` (``config.HarmonizationSettings``; keyword ``overrides`` replace single fields) say
     how: with ``start_time`` > 0 the flow starts from the noised ``start_from`` image (the source
@@ -115,26 +116,54 @@ def harmonize(model: HarmonizationModel, source: np.ndarray, mask: np.ndarray,
     s = replace(settings, **overrides)
     if s.refine_reference not in REFINE_REFERENCES:
         raise ValueError(f"unknown refinement reference {s.refine_reference!r}; choose from {REFINE_REFERENCES}")
-    if s.start_from not in START_FROM:
-        raise ValueError(f"unknown start image {s.start_from!r}; choose from {START_FROM}")
     if edge_map is None:
         edge_map, _ = canny_edges(model_grid(model, source, mask)[0])
+    images = start_images(model, source, mask, s)
+    generated, uncertainty = draw(model, edge_map, images["start"], mask, s)
+    harmonized, history = combine(model, generated, images[s.refine_reference], mask, s, voxel_size)
+    return {"edge_map": refine_grid(edge_map, source.shape, model.grid_factor, order=0), "generated": generated,
+            "harmonized": harmonized, "refinement_history": history, "uncertainty": uncertainty}
+
+
+def start_images(model: HarmonizationModel, source: np.ndarray, mask: np.ndarray,
+                 s: HarmonizationSettings) -> dict[str, np.ndarray]:
+    """Stage 1, the images the draw may start from and the refinement may use, each (D, H, W): ``source``,
+    ``histmatch`` (the source matched to the target histogram), ``refined`` (that image after the paper's NCC step
+    towards the source, made only when ``start_from`` asks for it) and ``start``, the ``start_from`` image."""
+    if s.start_from not in START_FROM:
+        raise ValueError(f"unknown start image {s.start_from!r}; choose from {START_FROM}")
     matched = histogram_matching(source, mask, model.target_quantiles)
     images = {"source": source, "histmatch": matched}
     if s.start_from == "refined":  # the best no-model control: histogram matching + the paper's NCC refinement
         images["refined"] = refined_start(matched, source, mask, s)
     images["start"] = images[s.start_from]
+    return images
+
+
+def draw(model: HarmonizationModel, edge_map: np.ndarray, start: np.ndarray, mask: np.ndarray,
+         s: HarmonizationSettings) -> tuple[np.ndarray, np.ndarray | None]:
+    """Stage 2, the edge-to-image draws (eq. 4-5): ``samples`` draws on the model's grid from the edge map (and,
+    with ``start_time`` > 0, from ``start`` taken to that grid), brought back to the harmonization grid of
+    ``start`` (D, H, W). Returns their mean and, for several draws, their per-voxel standard deviation (else
+    None), both zero outside ``mask``."""
     factor, multiple = model.grid_factor, model.net.config.downsampling_factor
-    start = coarsen(images["start"], factor, multiple) if s.start_time > 0 else None
+    start_seen = coarsen(start, factor, multiple) if s.start_time > 0 else None
     draws = [refine_grid(generate(model, edge_map, steps=s.steps, solver=s.solver, start_time=s.start_time,
-                                  start_image=start, seed=s.seed + k), source.shape, factor)
+                                  start_image=start_seen, seed=s.seed + k), start.shape, factor)
              for k in range(s.samples)]
     generated = draws[0] if s.samples == 1 else np.mean(draws, axis=0, dtype=np.float32)
     generated[mask == 0] = 0
     uncertainty = None if s.samples == 1 else np.std(draws, axis=0, dtype=np.float32)
     if uncertainty is not None:
         uncertainty[mask == 0] = 0
-    reference = images[s.refine_reference]
+    return generated, uncertainty
+
+
+def combine(model: HarmonizationModel, generated: np.ndarray, reference: np.ndarray, mask: np.ndarray,
+            s: HarmonizationSettings, voxel_size: tuple[float, ...] = GRID_SPACING) -> tuple[np.ndarray, list]:
+    """Stage 3, the refinement (section 3.5) of the draw ``generated`` with ``reference`` (NCC or MI ascent, or the
+    frequency split, which sees the reference at the model's resolution), then the ``finish``; (D, H, W), zero
+    outside ``mask``. Returns the harmonized image and the refinement's similarity history."""
     seen = at_model_resolution(model, reference) if s.refinement == "split" else None  # only the split uses it
     harmonized, history = refine(generated, reference, mask, s.refinement, s.refine_step, s.refine_iterations,
                                  s.refine_region, s.refine_step_rule, s.split_sigma_mm, reference_seen=seen,
@@ -142,8 +171,7 @@ def harmonize(model: HarmonizationModel, source: np.ndarray, mask: np.ndarray,
     if s.finish == "histmatch":
         harmonized = histogram_matching(harmonized, mask, model.target_quantiles)
     harmonized[mask == 0] = 0
-    return {"edge_map": refine_grid(edge_map, source.shape, factor, order=0), "generated": generated,
-            "harmonized": harmonized, "refinement_history": history, "uncertainty": uncertainty}
+    return harmonized, history
 
 
 def apply_method(model: HarmonizationModel | None, source: np.ndarray, mask: np.ndarray,
