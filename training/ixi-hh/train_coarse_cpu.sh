@@ -7,7 +7,7 @@
 # brain-development.org, CC BY-SA 3.0), through the participant level's own preprocessing (runs/ixi-hh-16/data.npz,
 # about 5 min on 2 cores); bhd-train takes them to the coarse grid. ixi-hh-coarse is this run after 60
 # minutes on one core (1174 steps), run beside the equal-time control on the harmonization grid
-# (benchmarks/coarse_grid.py, BENCHMARKS.md). MINUTES bounds the training time of one call; resumable.
+# (benchmarks/studies/coarse_grid.py; its numbers are in git history). MINUTES bounds the training time of one call; resumable.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ -d work/ixi-hh/train ] || python training/ixi_hh_bids.py work/ixi-hh

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """What the edge map carries at each start time: fidelity against the same draw with random edges (issue 20).
 
-    python benchmarks/edge_share.py score OUT --model bhd_app/data/models/bhd_ixihh_coarse.pt [--first 0 --subjects 3]
-    python benchmarks/edge_share.py plot OUT [OUT/edge_share.png]
+    python benchmarks/studies/edge_share.py score OUT --model bhd_app/data/models/bhd_ixihh_coarse.pt [--first 0 --subjects 3]
+    python benchmarks/studies/edge_share.py plot OUT [OUT/edge_share.png]
 
 A T1w draw starts from the refined start (histogram matching + the paper's NCC step towards the source) noised
 at t0 (section 3.3; t0 0 is the paper's generation from the edge map alone), takes ``--steps`` Euler steps,
@@ -37,7 +37,7 @@ from bhd_app.method.refinement import frequency_split, split_sigma_voxels  # noq
 from bhd_app.modelfile import load_model  # noqa: E402
 from bhd_app.training.data import load_cache  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: real_traveling
 from real_traveling import CONTROLS, HELDOUT, controls, scored, write_tables  # noqa: E402
 
 T1W_SOURCES = [s for s in SOURCES if SOURCES[s].suffix == "T1w"]

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Design study (issue 20, item 5): the flow on a 2x coarser grid against today's design, at equal wall time.
 
-    python benchmarks/coarse_grid.py prepare runs/ixi-hh-16/data.npz runs/design-coarse/data.npz
+    python benchmarks/studies/coarse_grid.py prepare runs/ixi-hh-16/data.npz runs/design-coarse/data.npz
     (then train both arms side by side with bhd-train, one core each: see BENCHMARKS.md)
-    python benchmarks/coarse_grid.py score OUT_DIR --full FULL.pt --coarse COARSE.pt [--first 0 --subjects 3]
+    python benchmarks/studies/coarse_grid.py score OUT_DIR --full FULL.pt --coarse COARSE.pt [--first 0 --subjects 3]
 
 The coarse design runs the same network on the harmonization grid averaged over 2x2x2 blocks (1.2 mm to
 2.4 mm: 8x fewer voxels, so a 48^3 patch covers most of the brain): the target images, their masks and
@@ -37,7 +37,7 @@ from bhd_app.method.refinement import frequency_split, split_sigma_voxels
 from bhd_app.modelfile import load_model
 from bhd_app.training.data import load_cache, on_model_grid, save_cache
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: real_traveling
 from real_traveling import HELDOUT, TARGET_DATA, controls, scored, target_statistics, write_tables  # noqa: E402
 
 FACTOR = 2
