@@ -73,6 +73,18 @@ def test_ssim_decreases_with_noise(reference):
     assert values[0] > 0.9 and values[-1] < 0.5
 
 
+def test_ssim_equals_scikit_image_averaged_in_the_mask(reference):
+    """Oracle: scikit-image's 3D SSIM map (Gaussian window sigma 1.5, population covariance) averaged in the mask.
+    ``ssim`` stays a dozen lines of scipy rather than a runtime dependency on scikit-image and its packages."""
+    from skimage.metrics import structural_similarity
+
+    image, mask = reference
+    other = np.clip(image.astype(np.float64) ** 1.3 + np.random.default_rng(1).normal(0, 0.05, image.shape), 0, 1)
+    _, full = structural_similarity(other, image.astype(np.float64), data_range=1.0, gaussian_weights=True,
+                                    sigma=1.5, use_sample_covariance=False, full=True)
+    assert ssim(other, image, mask) == pytest.approx(float(full[mask > 0].mean()), abs=1e-9)
+
+
 def test_ssim_is_symmetric(reference):
     image, mask = reference
     other = noisy(image, 0.05, seed=2)
