@@ -100,8 +100,9 @@ def test_group_level_on_the_reference_run(participant_run, capsys):
     out = participant_run.out
     assert main([str(participant_run.ds), str(out), "group"]) == 0
     lines = capsys.readouterr().out.splitlines()  # progress: each image, each traveling pair, the writing
-    assert sum("] segmenting sub-" in line for line in lines) == 2
-    assert sum("] registering traveling pair" in line and "(pair 1/1)" in line for line in lines) == 1
+    segmenting = [line for line in lines if "] segmenting sub-" in line]
+    assert len(segmenting) == 2 and "image 2/2; about 0:" in segmenting[1] and "left in this stage)" in segmenting[1]
+    assert sum("] registering traveling pair" in line and "(pair 1/1;" in line for line in lines) == 1
     assert any(line.startswith("bhd group [0:") and "writing the group tables" in line for line in lines)
     volumes = read_tsv(out / "group_volumes.tsv")
     assert {r["condition"] for r in volumes} == {"before", "bhd", "histmatch"} and len(volumes) == 6
@@ -238,6 +239,9 @@ def test_methods_text_names_the_settings_the_model_of_each_contrast_and_the_refe
     assert f"The T2w model was bhd_ixihh.pt, sha256 {'cd' * 32}" in text
     for ref in ("Jeong H, Lee H, Chun SY, Lee J", "Avants", "Gorgolewski", "Yarkoni", "Fisch"):
         assert ref in text
+    finish = "then matched to the model's target-domain histogram"
+    assert finish not in text
+    assert finish in methods_text({"T1w": settings["T1w"] | {"finish": "histmatch"}}, {"bhd": "0.1.0"}, "auto")
 
 
 @pytest.mark.slow

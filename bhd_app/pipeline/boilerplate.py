@@ -188,7 +188,9 @@ def harmonization_words(suffix: str, s: dict) -> str:
                f"starting at t0 = {s['start_time']:g} from t0 x S + (1 - t0) x noise, S being {start_words(s)}")
             + "; " + ("a single draw" if s["samples"] == 1 else f"{s['samples']} averaged draws")
             + (", whose per-voxel standard deviation is given as an uncertainty map" if s["samples"] > 1 else "")
-            + f", {seeds}), followed by {refinement_words(s, grid_factor)}. "
+            + f", {seeds}), followed by {refinement_words(s, grid_factor)}"
+            + ("; the brain's intensities were then matched to the model's target-domain histogram [histmatch]"
+               if s.get("finish") == "histmatch" else "") + ". "
             + ("On the input's own grid, the change made on the harmonization grid was added to the input at "
                "its own resolution." if s.get("native") == "change" else
                "The harmonized image was resampled back onto the input's own grid."))

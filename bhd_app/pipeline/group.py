@@ -174,6 +174,20 @@ def _load(path: Path) -> np.ndarray:
     return np.asarray(nib.load(path).dataobj, dtype=np.float32)
 
 
+class Countdown:
+    """The time left in one stage of the group level (segmentations, traveling pairs), from the mean wall time
+    per finished item of that stage."""
+
+    def __init__(self, total: int):
+        self.total, self.started = total, time.monotonic()
+
+    def left(self, done: int) -> str:
+        if done == 0:
+            return "time left in this stage: estimating"
+        per_item = (time.monotonic() - self.started) / done
+        return f"about {timedelta(seconds=round(per_item * (self.total - done)))} left in this stage"
+
+
 def measure_images(records: list[dict], target_quantiles: dict[str, np.ndarray],
                    progress: Callable[[str], None] = lambda line: None) -> dict[str, list[dict]]:
     """Segment every version of every image; per condition, one entry per record (same order).
@@ -186,8 +200,10 @@ def measure_images(records: list[dict], target_quantiles: dict[str, np.ndarray],
 
     names = conditions(records[0]["method"])
     out: dict[str, list[dict]] = {c: [] for c in names}
+    countdown = Countdown(len(records))
     for k, r in enumerate(records):
-        progress(f"segmenting {r['job']} ({len(names)} versions; image {k + 1}/{len(records)})")
+        progress(f"segmenting {r['job']} ({len(names)} versions; image {k + 1}/{len(records)}; "
+                 f"{countdown.left(k)})")
         preproc, mask = _load(r["files"]["preproc"]), _load(r["files"]["mask"]) > 0
         images = {"before": preproc, "histmatch": histogram_matching(preproc, mask, target_quantiles[r["suffix"]])}
         images[r["method"]] = _load(r["files"]["harmonized"])
@@ -235,8 +251,10 @@ def downstream_tables(records: list[dict], measured: dict[str, list[dict]], part
                 r_age, p_age = stats.pearsonr(ages, [e["volumes"][t] for e in entries])
                 tables["age"].append({"condition": c, "tissue": t, "r": r_age, "p": p_age, "n_images": len(ages)})
     pairs = traveling_pairs(records)
+    countdown = Countdown(len(pairs))
     for k, (i, j) in enumerate(pairs):
-        progress(f"registering traveling pair {records[i]['job']} / {records[j]['job']} (pair {k + 1}/{len(pairs)})")
+        progress(f"registering traveling pair {records[i]['job']} / {records[j]['job']} (pair {k + 1}/{len(pairs)}; "
+                 f"{countdown.left(k)})")
         before = measured["before"]
         # One rigid transform per pair, from the preprocessed images, moves every version of image j.
         transforms = rigid_transform(before[i]["image"], before[j]["image"])
