@@ -286,19 +286,6 @@ def test_derivatives_pass_the_bids_validator(participant_run):
     assert ok, summary
 
 
-def test_group_level_reports_site_effect(participant_run, capsys):
-    ds, out = participant_run.ds, participant_run.out
-    assert main([str(ds), str(out), "group"]) == 0
-    rows = (out / "group_bhd.tsv").read_text().splitlines()
-    assert len(rows) == 3 and rows[0].startswith("job\tscanner")
-    assert {r.split("\t")[1] for r in rows[1:]} == {"Siemens MAGNETOM_Vida 3T T1w", "Siemens Biograph_mMR 3T T1w"}
-    html = (out / "group_report.html").read_text()
-    assert "Site separability" in html and "Downstream site effects" in html
-    assert html.count("data:image/png;base64,") >= 2
-    assert (out / "group_site_effects.tsv").exists()
-    assert "separability" in capsys.readouterr().out
-
-
 def test_group_level_without_results_is_one_line_error(examples, tmp_path, capsys):
     ds = _small_dataset(examples, tmp_path / "ds", [("02", "vida", "T1w")])
     (tmp_path / "out").mkdir()

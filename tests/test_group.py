@@ -100,6 +100,13 @@ def test_group_level_on_the_reference_run(participant_run, capsys):
     out = participant_run.out
     assert main([str(participant_run.ds), str(out), "group"]) == 0
     lines = capsys.readouterr().out.splitlines()  # progress: each image, each traveling pair, the writing
+    assert any("separability" in line for line in lines)
+    rows = (out / "group_bhd.tsv").read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("job\tscanner")
+    assert {r.split("\t")[1] for r in rows[1:]} == {"Siemens MAGNETOM_Vida 3T T1w", "Siemens Biograph_mMR 3T T1w"}
+    html = (out / "group_report.html").read_text()
+    assert "Site separability" in html and "Downstream site effects" in html
+    assert html.count("data:image/png;base64,") >= 2
     segmenting = [line for line in lines if "] segmenting sub-" in line]
     assert len(segmenting) == 2 and "image 2/2; about 0:" in segmenting[1] and "left in this stage)" in segmenting[1]
     assert sum("] registering traveling pair" in line and "(pair 1/1;" in line for line in lines) == 1
