@@ -74,13 +74,45 @@ def test_partial_eta2_removes_the_subject_effect():
 def test_site_classifier_accuracy_against_chance():
     rng = np.random.default_rng(1)
     scanners = ["a", "b", "c"] * 4
-    centers = np.array([{"a": 0.0, "b": 5.0, "c": 10.0}[s] for s in scanners])[:, None]
+    centers = np.array([{"a": (0, 0, 0), "b": (5, 0, 0), "c": (0, 5, 0)}[s] for s in scanners], float)
     separable = rng.normal(0, 0.1, (12, 3)) + centers
     result = site_effects.site_classifier(separable, scanners, permutations=20)
     assert result["accuracy"] == 1.0 and result["chance"] == pytest.approx(1 / 3) and result["p"] < 0.1
     noise = site_effects.site_classifier(rng.normal(0, 1, (12, 3)), scanners, permutations=20)
     assert noise["accuracy"] < 0.75
     assert np.isnan(site_effects.site_classifier(np.zeros((3, 2)), ["a"] * 3)["accuracy"])
+
+
+@pytest.mark.parametrize("n_scanners", [2, 4])
+def test_site_classifier_is_leave_one_out_of_a_ridge_classifier(n_scanners):
+    """Oracle: refit scikit-learn's RidgeClassifier without each image in turn and predict it."""
+    from sklearn.linear_model import RidgeClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(n_scanners)
+    scanners = list("abcd"[:n_scanners] * 3) + ["a", "b"]
+    features = rng.normal(0, 1, (len(scanners), 5)) + 0.8 * np.array(["abcd".index(s) for s in scanners])[:, None]
+    x, y = StandardScaler().fit_transform(features), np.array(scanners)
+    right = [RidgeClassifier(alpha=1.0).fit(np.delete(x, i, 0), np.delete(y, i)).predict(x[i:i + 1])[0] == y[i]
+             for i in range(len(y))]
+    assert site_effects.site_classifier(features, scanners, permutations=5)["accuracy"] == pytest.approx(np.mean(right))
+
+
+def test_segment_agrees_with_atropos_on_a_real_brain(stroke):
+    """The numpy segmentation against ants.atropos with the same model and schedule, on a real T1w brain."""
+    import ants
+
+    image = stroke["T1"][40:104, 60:124, 40:104].astype(np.float32)  # 64^3 mm of the real brain
+    mask = image > 0.02
+    reference = ants.atropos(a=ants.from_numpy(image), x=ants.from_numpy(mask.astype(np.float32)), i="kmeans[3]",
+                             m="[0.1,1x1x1]", c="[5,0]", verbose=0)["segmentation"].numpy().astype(np.uint8)
+    reference[~mask] = 0
+    means = [image[reference == k].mean() for k in (1, 2, 3)]  # Atropos orders its k-means classes by intensity
+    assert means[0] < means[1] < means[2]
+    labels = site_effects.segment(image, mask)
+    assert (labels == reference)[mask].mean() > 0.998
+    for k in (1, 2, 3):
+        assert (labels == k).sum() == pytest.approx((reference == k).sum(), rel=0.005)
 
 
 def test_rigid_registration_restores_traveling_subject_agreement(small_subject):
@@ -107,9 +139,9 @@ def test_group_level_on_the_reference_run(participant_run, capsys):
     html = (out / "group_report.html").read_text()
     assert "Site separability" in html and "Downstream site effects" in html
     assert html.count("data:image/png;base64,") >= 2
-    segmenting = [line for line in lines if "] segmenting sub-" in line]
-    assert len(segmenting) == 2 and "image 2/2; about 0:" in segmenting[1] and "left in this stage)" in segmenting[1]
-    assert sum("] registering traveling pair" in line and "(pair 1/1;" in line for line in lines) == 1
+    segmented = [line for line in lines if "] segmented sub-" in line]  # one line per image as it finishes
+    assert len(segmented) == 2 and "(2/2; about 0:" in segmented[1] and "left in this stage)" in segmented[1]
+    assert sum("] registered sub-02" in line and "(1/1; about 0:" in line for line in lines) == 1
     assert any(line.startswith("bhd group [0:") and "writing the group tables" in line for line in lines)
     volumes = read_tsv(out / "group_volumes.tsv")
     assert {r["condition"] for r in volumes} == {"before", "bhd", "histmatch"} and len(volumes) == 6

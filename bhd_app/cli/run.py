@@ -317,7 +317,7 @@ def run_group(args) -> int:
 
     database_dir = args.work_dir / "pybids" if args.work_dir else None
     with temporary_dir_in(Path(tempfile.gettempdir())):  # the group level's own temporary files
-        return run_group_level(args.bids_dir, args.output_dir, args.model, database_dir)
+        return run_group_level(args.bids_dir, args.output_dir, args.model, database_dir, args.nprocs)
 
 
 def _configure_logging(verbose: int) -> None:

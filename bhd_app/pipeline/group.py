@@ -7,7 +7,7 @@ one-line alternative every harmonization must beat). Images are grouped by scann
 merged (inherited) sidecar metadata, Manufacturer, ManufacturersModelName and MagneticFieldStrength,
 and the contrast (T1w and T2w inputs are separate scanners).
 
-Measured per version (``site_effects``): tissue volumes from an Atropos segmentation and the
+Measured per version (``site_effects``): tissue volumes from a 3-class segmentation and the
 scanner's effect on them (ANOVA, eta-squared); a cross-validated site classifier against chance;
 for subjects seen on several scanners, the agreement of their sessions after rigid registration;
 with ``age`` in participants.tsv, the correlation of the volumes with age (biology kept). Also the
@@ -25,7 +25,9 @@ import json
 import logging
 import time
 import zlib
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from datetime import timedelta
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
 
@@ -94,10 +96,16 @@ def _quantiles(values: np.ndarray) -> np.ndarray:
 
 
 def site_separability(records: list[dict], key: str) -> float:
-    """Mean pairwise Wasserstein-1 distance between the scanners' pooled brain intensity distributions."""
+    """Mean pairwise Wasserstein-1 distance between the scanners' pooled brain intensity distributions
+    (``r[key]``: the brain's intensities)."""
+    return scanner_distance([r["scanner"] for r in records], [_quantiles(r[key]) for r in records])
+
+
+def scanner_distance(scanners: list[str], quantiles: list[np.ndarray]) -> float:
+    """Mean pairwise Wasserstein-1 distance between scanners, from each image's brain quantiles (``N_SAMPLES``)."""
     by_site: dict[str, list[np.ndarray]] = {}
-    for r in records:
-        by_site.setdefault(r["scanner"], []).append(_quantiles(r[key]))
+    for scanner, q in zip(scanners, quantiles):
+        by_site.setdefault(scanner, []).append(q)
     site_q = {s: np.mean(qs, axis=0) for s, qs in by_site.items()}
     pairs = list(itertools.combinations(sorted(site_q), 2))
     if not pairs:
@@ -188,30 +196,85 @@ class Countdown:
         return f"about {timedelta(seconds=round(per_item * (self.total - done)))} left in this stage"
 
 
-def measure_images(records: list[dict], target_quantiles: dict[str, np.ndarray],
-                   progress: Callable[[str], None] = lambda line: None) -> dict[str, list[dict]]:
-    """Segment every version of every image; per condition, one entry per record (same order).
-    ``target_quantiles``: the target histogram of the model each input contrast used (``_target_quantiles``).
-
-    Each entry holds the image (D, H, W), the brain mask, the tissue labels, the volumes and the features.
-    """
+def image_versions(record: dict, target_quantiles: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The versions of one job's image on the grid (before, the method run, histmatch; (D, H, W) each) and its
+    brain mask. Histogram matching is computed here from the preprocessed image and the target histogram."""
     from ..method.baselines import histogram_matching
+
+    preproc, mask = _load(record["files"]["preproc"]), _load(record["files"]["mask"]) > 0
+    images = {"before": preproc, "histmatch": histogram_matching(preproc, mask, target_quantiles)}
+    images[record["method"]] = _load(record["files"]["harmonized"])
+    return {c: images[c] for c in conditions(record["method"])}, mask
+
+
+def measure_image(record: dict, target_quantiles: np.ndarray) -> dict[str, dict]:
+    """Per version of one job's image: its tissue volumes, the site classifier's features and the brain's
+    intensity quantiles (``N_SAMPLES``), from one segmentation of each version."""
     from .site_effects import image_features, segment, tissue_volumes
 
-    names = conditions(records[0]["method"])
-    out: dict[str, list[dict]] = {c: [] for c in names}
-    countdown = Countdown(len(records))
-    for k, r in enumerate(records):
-        progress(f"segmenting {r['job']} ({len(names)} versions; image {k + 1}/{len(records)}; "
-                 f"{countdown.left(k)})")
-        preproc, mask = _load(r["files"]["preproc"]), _load(r["files"]["mask"]) > 0
-        images = {"before": preproc, "histmatch": histogram_matching(preproc, mask, target_quantiles[r["suffix"]])}
-        images[r["method"]] = _load(r["files"]["harmonized"])
-        for c in names:
-            labels = segment(images[c], mask)
-            out[c].append({"image": images[c], "mask": mask, "labels": labels, "volumes": tissue_volumes(labels),
-                           "features": image_features(images[c], labels)})
+    images, mask = image_versions(record, target_quantiles)
+    out = {}
+    for c, image in images.items():
+        labels = segment(image, mask)
+        out[c] = {"volumes": tissue_volumes(labels), "features": image_features(image, labels),
+                  "quantiles": _quantiles(image[mask])}
     return out
+
+
+def pair_agreement(record_a: dict, record_b: dict, quantiles_a: np.ndarray, quantiles_b: np.ndarray) -> dict:
+    """(PSNR dB, SSIM) per version of one traveling pair: one rigid transform, from the preprocessed images,
+    moves every version of the second image onto the first; scored in the overlap of the brain masks."""
+    from .site_effects import apply_transform, rigid_transform, traveling_agreement
+
+    (images_a, mask_a), (images_b, mask_b) = image_versions(record_a, quantiles_a), image_versions(record_b, quantiles_b)
+    transforms = rigid_transform(images_a["before"], images_b["before"])
+    try:
+        overlap = mask_a & (apply_transform(images_a["before"], mask_b, transforms, nearest=True) > 0.5)
+        return {c: traveling_agreement(images_a[c], apply_transform(images_a[c], images_b[c], transforms), overlap)
+                for c in images_a}
+    finally:
+        for f in transforms:  # ANTs wrote them to the temp folder
+            Path(f).unlink(missing_ok=True)
+
+
+def _files_only(record: dict) -> dict:
+    """What a worker needs of a record (``image_versions``): not the brain intensities, which it reloads."""
+    return {k: record[k] for k in ("job", "method", "suffix", "files")}
+
+
+def _in_parallel(function: Callable, tasks: list[tuple], nprocs: int, stage: str, names: list[str],
+                 progress: Callable[[str], None]) -> list:
+    """``function(*task)`` for every task, on ``nprocs`` processes (1: in this one), results in task order; one
+    progress line per finished task with the time left in the stage."""
+    countdown = Countdown(len(tasks))
+    results: list = [None] * len(tasks)
+
+    def done(k: int, finished: int) -> None:
+        progress(f"{stage} {names[k]} done ({finished}/{len(tasks)}; {countdown.left(finished)})")
+
+    if nprocs <= 1 or len(tasks) <= 1:
+        for k, task in enumerate(tasks):
+            results[k] = function(*task)
+            done(k, k + 1)
+        return results
+    # Fresh interpreters: the parent has torch loaded, and forking a process with its thread pools is unsafe.
+    with ProcessPoolExecutor(max_workers=min(nprocs, len(tasks)), mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(function, *task): k for k, task in enumerate(tasks)}
+        for finished, future in enumerate(as_completed(futures), start=1):
+            results[futures[future]] = future.result()
+            done(futures[future], finished)
+    return results
+
+
+def measure_images(records: list[dict], target_quantiles: dict[str, np.ndarray], nprocs: int = 1,
+                   progress: Callable[[str], None] = lambda line: None) -> dict[str, list[dict]]:
+    """``measure_image`` of every record on ``nprocs`` processes; per condition, one entry per record (same order).
+    ``target_quantiles``: the target histogram of the model each input contrast used (``_target_quantiles``)."""
+    progress(f"segmenting {len(records)} images, {len(conditions(records[0]['method']))} versions each, "
+             f"on {min(nprocs, len(records))} process(es)")
+    tasks = [(_files_only(r), target_quantiles[r["suffix"]]) for r in records]
+    measured = _in_parallel(measure_image, tasks, nprocs, "segmented", [r["job"] for r in records], progress)
+    return {c: [m[c] for m in measured] for c in conditions(records[0]["method"])}
 
 
 def traveling_pairs(records: list[dict]) -> list[tuple[int, int]]:
@@ -221,12 +284,13 @@ def traveling_pairs(records: list[dict]) -> list[tuple[int, int]]:
 
 
 def downstream_tables(records: list[dict], measured: dict[str, list[dict]], participants: dict,
+                      target_quantiles: dict[str, np.ndarray], nprocs: int = 1,
                       progress: Callable[[str], None] = lambda line: None) -> dict[str, list[dict]]:
-    """The group tables (name -> rows) of tissue volumes, scanner effects, site classifier, travelers, age."""
+    """The group tables (name -> rows) of tissue volumes, scanner effects, site classifier, travelers, age;
+    the traveling pairs are registered on ``nprocs`` processes."""
     from scipy import stats
 
-    from .site_effects import (TISSUES, apply_transform, rigid_transform, scanner_effect, site_classifier,
-                               traveling_agreement)
+    from .site_effects import TISSUES, scanner_effect, site_classifier
 
     scanners, subjects = [r["scanner"] for r in records], [r["subject"] for r in records]
     tables: dict[str, list[dict]] = {k: [] for k in ("volumes", "scanner_means", "site_effects", "classifier",
@@ -251,25 +315,20 @@ def downstream_tables(records: list[dict], measured: dict[str, list[dict]], part
                 r_age, p_age = stats.pearsonr(ages, [e["volumes"][t] for e in entries])
                 tables["age"].append({"condition": c, "tissue": t, "r": r_age, "p": p_age, "n_images": len(ages)})
     pairs = traveling_pairs(records)
-    countdown = Countdown(len(pairs))
-    for k, (i, j) in enumerate(pairs):
-        progress(f"registering traveling pair {records[i]['job']} / {records[j]['job']} (pair {k + 1}/{len(pairs)}; "
-                 f"{countdown.left(k)})")
-        before = measured["before"]
-        # One rigid transform per pair, from the preprocessed images, moves every version of image j.
-        transforms = rigid_transform(before[i]["image"], before[j]["image"])
-        moved_mask = apply_transform(before[i]["image"], before[j]["mask"], transforms, nearest=True) > 0.5
-        overlap = before[i]["mask"] & moved_mask
+    if pairs:
+        progress(f"registering {len(pairs)} traveling pair(s) on {min(nprocs, len(pairs))} process(es)")
+    tasks = [(_files_only(records[i]), _files_only(records[j]), target_quantiles[records[i]["suffix"]],
+              target_quantiles[records[j]["suffix"]]) for i, j in pairs]
+    names = [f"{records[i]['job']} / {records[j]['job']}" for i, j in pairs]
+    agreements = _in_parallel(pair_agreement, tasks, nprocs, "registered", names, progress)
+    for (i, j), agreement in zip(pairs, agreements):
         for c, entries in measured.items():
-            moved = apply_transform(entries[i]["image"], entries[j]["image"], transforms)
-            psnr, ssim = traveling_agreement(entries[i]["image"], moved, overlap)
+            psnr, ssim = agreement[c]
             a, b = entries[i]["volumes"], entries[j]["volumes"]
             tables["traveling"].append({"subject": records[i]["subject"], "job_a": records[i]["job"],
                                         "job_b": records[j]["job"], "scanner_a": records[i]["scanner"],
                                         "scanner_b": records[j]["scanner"], "condition": c, "psnr_dB": psnr,
                                         "ssim": ssim, **{f"abs_d{t}_mL": abs(a[t] - b[t]) for t in TISSUES}})
-        for f in transforms:  # ANTs wrote them to the temp folder
-            Path(f).unlink(missing_ok=True)
     return tables
 
 
@@ -304,11 +363,9 @@ def _target_quantiles(records: list[dict], model_path: Path | None) -> dict[str,
 
 def separability_by_condition(records: list[dict], measured: dict[str, list[dict]]) -> dict[str, float]:
     """``site_separability`` of each version of the images (before, the method run, histogram matching)."""
-    out = {}
-    for condition, entries in measured.items():
-        versions = [dict(r, version=e["image"][e["mask"]]) for r, e in zip(records, entries)]
-        out[condition] = site_separability(versions, "version")
-    return out
+    scanners = [r["scanner"] for r in records]
+    return {condition: scanner_distance(scanners, [e["quantiles"] for e in entries])
+            for condition, entries in measured.items()}
 
 
 def _target_names(records: list[dict], model_path: Path | None,
@@ -322,8 +379,9 @@ def _target_names(records: list[dict], model_path: Path | None,
 
 
 def run_group_level(bids_dir: Path, out_dir: Path, model_path: Path | None = None,
-                    database_dir: Path | None = None) -> int:
-    """Gather the participant results into the group TSVs and HTML report (``database_dir``: pybids' index)."""
+                    database_dir: Path | None = None, nprocs: int = 1) -> int:
+    """Gather the participant results into the group TSVs and HTML report (``database_dir``: pybids' index;
+    ``nprocs``: processes for the segmentations and registrations)."""
     from .reports import group_report_html
 
     if not out_dir.exists():
@@ -343,8 +401,8 @@ def run_group_level(bids_dir: Path, out_dir: Path, model_path: Path | None = Non
         print(f"bhd group [{timedelta(seconds=round(time.monotonic() - started))}] {line}", flush=True)
 
     quantiles = _target_quantiles(records, model_path)
-    measured = measure_images(records, quantiles, progress)
-    tables = downstream_tables(records, measured, read_participants(Path(bids_dir)), progress)
+    measured = measure_images(records, quantiles, nprocs, progress)
+    tables = downstream_tables(records, measured, read_participants(Path(bids_dir)), quantiles, nprocs, progress)
     progress("writing the group tables and report")
     html = group_report_html(records, separability_by_condition(records, measured), failed_jobs(out_dir), tables,
                              _target_names(records, model_path, quantiles))

@@ -341,9 +341,11 @@ def group_report_html(records: list[dict], separability: dict[str, float], faile
             "<h2>Downstream site effects, side by side</h2>"
             f"<p>Versions compared: {', '.join(conditions)}. <i>before</i> is the preprocessed image; histogram "
             "matching (<i>histmatch</i>) is computed here from the same preprocessed image and the model's target "
-            "histogram. Tissues: Atropos (3 classes, k-means initialization) in the brain mask, volumes in mL of "
-            "template space. Site classifier: logistic regression on intensity percentiles, tissue medians, GM/WM "
-            "contrast and WM texture, leave-one-out cross-validation, permutation p-value.</p>"
+            "histogram. Tissues: 3 Gaussian classes with a light MRF prior (Atropos's model, k-means "
+            "initialization) in the brain mask, volumes in mL of template space. Site classifier: a ridge "
+            "classifier on intensity percentiles, tissue medians, GM/WM contrast and WM texture, leave-one-out "
+            "cross-validation, permutation p-value. Traveling pairs: the second session rigidly registered onto "
+            "the first (ANTs QuickRigid).</p>"
             + _table(downstream_summary(tables, conditions)) + travel_note + age_note + figures
             + "<h3>Scanner effect per tissue (one-way ANOVA)</h3>" + _table(tables["site_effects"])
             + "<h3>Site classifier</h3>" + _table(tables["classifier"])
