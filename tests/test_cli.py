@@ -403,3 +403,15 @@ def test_without_model_each_contrast_gets_its_default_model(examples, tmp_path):
     for suffix in ("T1w", "T2w"):
         path = tmp_path / "one" / "sub-01" / "ses-trio" / "anat" / f"sub-01_ses-trio_desc-harmonized{DESC[suffix]}_T1w.json"
         assert json.loads(path.read_text())["Harmonization"]["ModelFile"] == "bhd_ixihh.pt"
+
+
+def test_nprocs_defaults_to_the_cpus_this_process_may_use():
+    """On a cluster node an allocation's affinity, not the node's core count, bounds the processes started."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from bhd_app.cli.parser import build_parser; print(build_parser().get_default('nprocs'))"
+    one_cpu = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}))
+    assert one_cpu.stdout.strip() == "1"

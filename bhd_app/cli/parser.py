@@ -54,6 +54,11 @@ def _positive_int(value: str) -> int:
     return n
 
 
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, which a cluster's allocation sets), not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; paths and numbers are checked here, before any work starts."""
     p = OneLineErrorParser(
@@ -100,8 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("performance and execution")
     g.add_argument("-w", "--work-dir", type=lambda v: Path(v).expanduser().absolute(),
                    help="work folder (node cache; default: ./work)")
-    g.add_argument("--nprocs", "--n-cpus", type=_positive_int, default=os.cpu_count() or 1,
-                   help="jobs run in parallel")
+    g.add_argument("--nprocs", "--n-cpus", type=_positive_int, default=_usable_cpus(),
+                   help="participant: jobs run in parallel; group: processes for the segmentations and "
+                        "registrations (default: the CPUs this process may use, e.g. a SLURM allocation's)")
     g.add_argument("--omp-nthreads", type=_positive_int, help="threads per job (default: nprocs / jobs, >= 1)")
     g.add_argument("--device", choices=DEVICES, default=DEVICE, help="auto: CUDA when present")
     g.add_argument("--plugin", default=None, help="nipype plugin: Linear, MultiProc, SLURM, SGE, PBS, ...")
