@@ -10,7 +10,7 @@ brain-development.org, CC BY-SA 3.0; ``training/ixi_hh_bids.py``'s draw, never t
 held-out subjects 1-3 (where earlier defaults were chosen too), ``test`` subjects 7-11 (never used for a choice).
 
 Per head: the raw head (with skull) is preprocessed once to place three T1-hypointense white-matter lesions and
-to segment it (the group level's Atropos, ``site_effects.segment``); the raw head with lesions is the truth.
+to segment it (the group level's segmentation, ``site_effects.segment``); the raw head with lesions is the truth.
 Each change of ``evaluation.head_changes.CHANGES`` (a family held out from training's altered starts; see that
 module) re-renders the raw truth head; truth and changes each go through the participant level's own node
 functions (``pipeline.workflows``: preprocessing in a fresh process per image, as bhd-app's jobs run; the
@@ -181,14 +181,14 @@ def native_output(grid: np.ndarray, prep: Path, in_file: Path, native: str) -> n
 def volumes(image: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     """CSF/GM/WM volumes (voxels) of the group level's segmentation of a native image in its brain mask.
 
-    NaN where Atropos cannot segment the image (a rendering with no tissue contrast left); the tables
+    NaN where the image cannot be segmented (a rendering with no tissue contrast left); the tables
     count such rows as missing volumes and say how many there were.
     """
     from bhd_app.pipeline.site_effects import segment
 
     try:
         labels = segment(image, mask)
-    except Exception as error:  # ants.atropos raises a bare Exception on a non-zero exit
+    except ValueError as error:  # a tissue class came out empty
         print(f"  segmentation failed ({error}); volumes recorded as missing", flush=True)
         return {t: float("nan") for t in TISSUES}
     return {t: float((labels == k + 1).sum()) for k, t in enumerate(TISSUES)}
@@ -297,7 +297,7 @@ def table(rows: list[dict]) -> str:
     lines += ["", "bhd minus the best control (PSNR, dB): " + ", ".join(margins)]
     unsegmented = [r for r in ok if r["gm_error_ml"] is None]
     if unsegmented:
-        lines += ["", f"Volumes missing where Atropos could not segment the output ({len(unsegmented)} rows, left out of "
+        lines += ["", f"Volumes missing where the output could not be segmented ({len(unsegmented)} rows, left out of "
                   "the volume means): " + ", ".join(f"{r['head']} {r['change']} {r['method']}" for r in unsegmented)]
     failed = [r for r in rows if "failed" in r]
     lines += [f"\nNot scored: {r['head']} {r['change']}: {r['failed']}" for r in failed]

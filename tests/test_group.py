@@ -115,6 +115,13 @@ def test_segment_agrees_with_atropos_on_a_real_brain(stroke):
         assert (labels == k).sum() == pytest.approx((reference == k).sum(), rel=0.005)
 
 
+def test_segment_refuses_an_image_without_three_tissue_classes():
+    mask = np.zeros((16, 16, 16), bool)
+    mask[4:12, 4:12, 4:12] = True
+    with pytest.raises(ValueError, match="three tissue classes"):
+        site_effects.segment(np.where(mask, 0.5, 0).astype(np.float32), mask)
+
+
 def test_rigid_registration_restores_traveling_subject_agreement(small_subject):
     fixed, mask = small_subject["trio3t"], small_subject["mask"] > 0
     moved = ndimage.shift(small_subject["vision15t"], (1.5, -1.0, 1.0), order=1)

@@ -215,7 +215,12 @@ def measure_image(record: dict, target_quantiles: np.ndarray) -> dict[str, dict]
     images, mask = image_versions(record, target_quantiles)
     out = {}
     for c, image in images.items():
-        labels = segment(image, mask)
+        try:
+            labels = segment(image, mask)
+        except ValueError as err:
+            raise BHDInputError(f"{record['files']['preproc' if c == 'before' else 'harmonized']}: {c} version "
+                                f"cannot be segmented ({err}); check the image, or remove this job's derivatives "
+                                "and run the group level again") from None
         out[c] = {"volumes": tissue_volumes(labels), "features": image_features(image, labels),
                   "quantiles": _quantiles(image[mask])}
     return out
