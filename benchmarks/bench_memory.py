@@ -85,7 +85,7 @@ def main() -> None:
             sys.exit(f"bhd-app failed ({process.returncode}): {process.stderr.read()[-2000:]}")
         timings = {}
         for sidecar in out.rglob("*desc-preproc_T1w.json"):
-            timings = json.loads(sidecar.read_text()).get("Preprocessing", {}).get("TimingsSeconds", {})
+            timings = json.loads(sidecar.read_text()).get("TimingsSeconds", {})
     print(f"# {time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} CPU cores")
     print(f"input {' x '.join(map(str, args.shape))} float32 ({voxels * 4 / 2**20:.0f} MiB); job wall {wall:.0f} s; "
           f"peak RSS of the process tree {peak / 2**30:.2f} GiB = {peak / voxels:.1f} bytes per input voxel")
