@@ -73,7 +73,7 @@ def check_inputs(jobs, crash_dir: Path) -> tuple[list, list[tuple[object, str]]]
 def temporary_dir_in(parent: Path):
     """Point TMPDIR (and Python's tempfile) at a fresh folder in ``parent``; remove it at the end.
 
-    Libraries that write to the system temp folder and leave files there (antspyx's Atropos and registration,
+    Libraries that write to the system temp folder and leave files there (antspyx's registration,
     nipype workers) then write there.
     """
     parent.mkdir(parents=True, exist_ok=True)
