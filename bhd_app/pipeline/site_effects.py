@@ -221,9 +221,7 @@ def site_classifier(features: np.ndarray, scanners: list[str], seed: int = 0, pe
 def rigid_transform(fixed: np.ndarray, moving: np.ndarray, seed: int = 0) -> list[str]:
     """ANTs rigid registration of ``moving`` onto ``fixed`` (both on the grid); the forward transform files.
 
-    The images are already affinely in template space, so the short schedule (``QuickRigid``) is enough: on the
-    example dataset's traveling pairs it agrees with the full ``Rigid`` schedule within 0.06 dB PSNR, 7 times
-    faster (BENCHMARKS.md, "Group level").
+    The images are already affinely in template space, so the short schedule (``QuickRigid``) is used.
     """
     import ants
 
