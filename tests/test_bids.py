@@ -439,9 +439,11 @@ def test_bids_validator_reports_errors(tmp_path, session_ds):
 
 def test_validator_missing(monkeypatch, tmp_path):
     """Neither on PATH nor beside the interpreter (where it is looked for too)."""
+    from bhd_app.pipeline.bids import validator  # whose find_bids_validator reads sys.executable and sys.prefix
+
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(B.sys, "executable", str(tmp_path / "bin" / "python"))
-    monkeypatch.setattr(B.sys, "prefix", str(tmp_path))
+    monkeypatch.setattr(validator.sys, "executable", str(tmp_path / "bin" / "python"))
+    monkeypatch.setattr(validator.sys, "prefix", str(tmp_path))
     with pytest.raises(BHDInputError, match="pip install bids-validator-deno.*--skip-bids-validation"):
         B.run_bids_validator(tmp_path)
 
