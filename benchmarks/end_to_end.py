@@ -4,6 +4,7 @@ in native space and downstream.
 
     python benchmarks/end_to_end.py OUT_DIR --heads choice [--variants NAME:FIELD=VALUE,...]   # choose on these
     python benchmarks/end_to_end.py OUT_DIR --heads test                                       # score once
+    python benchmarks/end_to_end.py OUT_DIR --heads test --against EARLIER.json   # what a pipeline change moved
 
 Heads: held-out subjects of the real target scanner (IXI Hammersmith, Philips Intera 3T; IXI dataset,
 brain-development.org, CC BY-SA 3.0; ``training/ixi_hh_bids.py``'s draw, never trained on). ``choice`` is
@@ -356,6 +357,25 @@ def parse_variants(specs: list[str]) -> dict[str, dict]:
     return out
 
 
+def against(rows: list[dict], earlier: list[dict]) -> str:
+    """Markdown: per method, the mean PSNR and mean |volume error| (mL, CSF/GM/WM) of ``rows`` and of ``earlier``
+    over the (head, change) pairs both scored: what a change to the pipeline moved."""
+    def by_key(table_rows: list[dict]) -> dict:
+        return {(r["head"], r["change"], r["method"]): r for r in table_rows if "psnr" in r}
+
+    now, then = by_key(rows), by_key(earlier)
+    both = [k for k in now if k in then]
+    lines = [f"Over {len({k[:2] for k in both})} (head, change) pairs scored in both:", "",
+             "| method | PSNR earlier | PSNR now | |volume| mL earlier | |volume| mL now |", "|---|---|---|---|---|"]
+    for method in dict.fromkeys(k[2] for k in both):
+        keys = [k for k in both if k[2] == method]
+        psnr = [np.mean([table_rows[k]["psnr"] for k in keys]) for table_rows in (then, now)]
+        volume = [np.mean([np.mean([magnitude(table_rows[k], f"{t}_error_ml") for t in TISSUES]) for k in keys])
+                  for table_rows in (then, now)]
+        lines.append(f"| {method} | {psnr[0]:.2f} | {psnr[1]:.2f} | {volume[0]:.1f} | {volume[1]:.1f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out_dir", type=Path)
@@ -365,6 +385,8 @@ def main(argv=None) -> int:
     p.add_argument("--nprocs", type=int, default=2)
     p.add_argument("--limit", type=int, help="only the first N heads of the set (a quick look)")
     p.add_argument("--table", action="store_true", help="only rewrite OUT_DIR/table.md from OUT_DIR/results.json")
+    p.add_argument("--against", type=Path, metavar="RESULTS_JSON",
+                   help="only compare OUT_DIR/results.json with earlier rows (e.g. benchmarks/figures/*.json)")
     p.add_argument("--figure", nargs=3, metavar=("HEAD", "CHANGE", "PNG"),
                    help="only draw one prepared head and change (truth, changed, histmatch, bhd) into PNG")
     args = p.parse_args(argv)
@@ -372,6 +394,10 @@ def main(argv=None) -> int:
         rows = json.loads((args.out_dir / "results.json").read_text())["rows"]
         (args.out_dir / "table.md").write_text(table(rows))
         print(table(rows))
+        return 0
+    if args.against:
+        rows, earlier = (json.loads(path.read_text())["rows"] for path in (args.out_dir / "results.json", args.against))
+        print(against(rows, earlier))
         return 0
     if args.figure:
         figure(args.out_dir.absolute(), args.figure[0], args.figure[1], Path(args.figure[2]))

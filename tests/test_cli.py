@@ -150,6 +150,25 @@ def test_every_layer_takes_its_defaults_from_config(tmp_path):
         assert card[suffix] == {k: v for k, v in settings.to_dict().items() if k not in ("method", "seed")}
 
 
+def test_changed_preprocessing_settings_make_nipype_redo_cached_preprocessing(tmp_path, monkeypatch):
+    """nipype reuses a finished node when the hash of its inputs is unchanged; a step's settings (here N4's
+    tolerance) and bhd's version are among the preprocessing node's inputs, so changing them changes the hash."""
+    from bhd_app.pipeline.bids import Job
+    from bhd_app.pipeline.preprocessing import bias
+    from bhd_app.pipeline.workflows import init_job_wf
+
+    job = Job("01", "trio", "T1w", tmp_path / "sub-01_ses-trio_T1w.nii.gz", {}, {})
+
+    def preprocessing_hash() -> str:
+        node = init_job_wf(job, tmp_path / "out", tmp_path, {"method": "none"}).get_node("preprocess")
+        return node.inputs.get_hashval()[1]
+
+    before = preprocessing_hash()
+    assert preprocessing_hash() == before  # nothing changed: the cache is reused
+    monkeypatch.setitem(bias.N4, "tolerance", bias.N4["tolerance"] / 10)
+    assert preprocessing_hash() != before
+
+
 def test_the_model_card_states_the_participant_level_defaults(tmp_path):
     """The shipped model card repeats the defaults it was chosen with (issue 9); they must be the parser's."""
     card = json.loads(default_model_path().with_suffix(".json").read_text())

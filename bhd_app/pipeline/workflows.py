@@ -18,6 +18,7 @@ from nipype.pipeline import engine as pe
 
 from ..config import BRAIN_EXTRACTION, DEVICE, T1W, HarmonizationSettings
 from .bids import Job
+from .preprocessing import step_settings
 
 
 def save_nifti(array, affine, path: str, dtype: str = "float32") -> str:
@@ -33,8 +34,11 @@ def save_nifti(array, affine, path: str, dtype: str = "float32") -> str:
     return path
 
 
-def run_preprocessing(in_file: str, contrast: str, brain_extraction: str, seed: int, omp_nthreads: int):
-    """Node: preprocess one anatomical image onto the harmonization grid (section 4.1)."""
+def run_preprocessing(in_file: str, contrast: str, brain_extraction: str, seed: int, omp_nthreads: int,
+                      step_settings: dict | None = None):
+    """Node: preprocess one anatomical image onto the harmonization grid (section 4.1). ``step_settings``
+    (preprocessing.step_settings()) is not read here: as a node input it makes nipype redo cached preprocessing
+    when bhd's version or a step's settings change."""
     import json
     import os
 
@@ -167,12 +171,12 @@ def init_job_wf(job: Job, out_dir: Path, bids_dir: Path, settings: dict, device:
         ['derivatives', 'harmonize', 'preprocess', 'to_native']
     """
     wf = pe.Workflow(name=job.name.replace("-", "_"))
-    pre = _node(run_preprocessing, ["in_file", "contrast", "brain_extraction", "seed", "omp_nthreads"],
+    pre = _node(run_preprocessing, ["in_file", "contrast", "brain_extraction", "seed", "omp_nthreads", "step_settings"],
                 ["preproc_file", "mask_file", "xfm_file", "native_mask_file", "native_preproc_file", "info_file"],
                 "preprocess",
                 in_file=str(job.path), contrast=job.suffix,
                 brain_extraction=settings.get("brain_extraction", BRAIN_EXTRACTION),
-                seed=settings.get("seed", T1W.seed), omp_nthreads=omp_nthreads)
+                seed=settings.get("seed", T1W.seed), omp_nthreads=omp_nthreads, step_settings=step_settings())
     har = _node(run_harmonization, ["preproc_file", "mask_file", "settings", "device", "omp_nthreads"],
                 ["harmonized_file", "generated_file", "edges_file", "info_file", "uncertainty_file"], "harmonize",
                 settings=settings, device=device, omp_nthreads=omp_nthreads)
