@@ -2,7 +2,7 @@
 
     python bids_examples/make_examples.py
     bhd-app bids_examples/ds-travel out participant -w work        # the README demo
-    python benchmarks/bench_group.py out [--sizes 8 32 128] [--nprocs 2] [--atropos]
+    python benchmarks/bench_group.py out [--sizes 8 32 128] [--nprocs 2] [--atropos] [--rigid]
 
 Scaling: the example dataset's complete jobs are copied under new subject labels (sub-01 -> sub-01c00, ...;
 images linked, sidecars copied) until a dataset holds the requested number of images, and the group level
@@ -12,6 +12,10 @@ runs on it (``run_group_level``, as ``bhd-app ... group --nprocs N``), timed fro
 segmented by ``ants.atropos`` with the model and schedule that ``site_effects.segment`` reproduces; the table
 gives the voxel agreement, the volume differences per tissue, and the traveling pairs' volume differences
 with each segmentation (the group report's downstream numbers).
+
+``--rigid``: each traveling pair of the example dataset is aligned with ANTs' short rigid schedule
+(``QuickRigid``, the group level's) and with its full one (``Rigid``); the table gives each pair's PSNR per
+version (before, the method run, histogram matching) and the seconds per pair with each.
 """
 
 from __future__ import annotations
@@ -126,12 +130,31 @@ def against_atropos(derivatives: Path) -> dict:
             "seconds_per_version": {k: v / len(agreement) for k, v in seconds.items()}, "traveling": travel}
 
 
+def rigid_schedules(derivatives: Path) -> list[dict]:
+    """Each example traveling pair's agreement per version and seconds, with QuickRigid and with Rigid."""
+    from bhd_app.pipeline.group import _target_quantiles, collect_results, pair_agreement, traveling_pairs
+
+    records = collect_results(EXAMPLES, derivatives)
+    quantiles = _target_quantiles(records, None)
+    rows = []
+    for i, j in traveling_pairs(records):
+        a, b = records[i], records[j]
+        for schedule in ("QuickRigid", "Rigid"):
+            started = time.monotonic()
+            scores = pair_agreement(a, b, quantiles[a["suffix"]], quantiles[b["suffix"]], schedule=schedule)
+            rows.append({"pair": f"{a['job']} / {b['job']}", "schedule": schedule,
+                         "seconds": time.monotonic() - started, **{c: psnr for c, (psnr, _) in scores.items()}})
+            print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("derivatives", type=Path, help="the README demo's participant outputs (out/)")
     parser.add_argument("--sizes", type=int, nargs="*", default=[8, 32, 128])
     parser.add_argument("--nprocs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--atropos", action="store_true", help="also compare the segmentation with ants.atropos")
+    parser.add_argument("--rigid", action="store_true", help="also compare QuickRigid with Rigid on traveling pairs")
     args = parser.parse_args()
     print(f"# {time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} CPU cores, --nprocs {args.nprocs}")
     if args.atropos:
@@ -145,6 +168,18 @@ def main() -> None:
         print("\n| segmentation | version | traveling pairs' mean abs. dGM (mL) | dWM (mL) |\n|---|---|---|---|")
         for (how, condition), (gm, wm) in sorted(result["traveling"].items()):
             print(f"| {how} | {condition} | {gm:.1f} | {wm:.1f} |")
+    if args.rigid:
+        rows = rigid_schedules(args.derivatives)
+        versions = [k for k in rows[0] if k not in ("pair", "schedule", "seconds")]
+        print("\n| pair | schedule | seconds | " + " | ".join(f"PSNR {v}" for v in versions) + " |")
+        print("|" + "---|" * (3 + len(versions)))
+        for r in rows:
+            scores = " | ".join(f"{r[v]:.2f}" for v in versions)
+            print(f"| {r['pair']} | {r['schedule']} | {r['seconds']:.1f} | {scores} |")
+        for schedule in ("QuickRigid", "Rigid"):
+            mine = [r for r in rows if r["schedule"] == schedule]
+            print(f"{schedule}: mean " + ", ".join(f"{v} {np.mean([r[v] for r in mine]):.2f} dB" for v in versions)
+                  + f"; {np.mean([r['seconds'] for r in mine]):.1f} s a pair")
     if args.sizes:
         rows = scaling(args.derivatives, args.sizes, args.nprocs)
         print("\n| images | traveling pairs | wall time | seconds per image |\n|---|---|---|---|")

@@ -5,7 +5,8 @@
 The input is the real 1 mm head of ``VolumeRenderingData/seg3D/MR.nii.gz`` (MIT) resampled (trilinear) onto the
 requested matrix over the same field of view, saved as float32 in a one-image BIDS dataset. ``bhd-app ...
 participant --nprocs 1`` runs on it; the resident memory of its whole process tree (``/proc``, every 0.1 s) gives
-the peak, also per input voxel.
+the peak, also per input voxel, and per workflow node: each sample is counted to the node whose folder in the
+work directory appeared last (``startup`` before the first).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+NODES = ("preprocess", "harmonize", "to_native", "derivatives")  # the job workflow's nodes (workflows.init_job_wf)
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the repository
 
 
@@ -76,9 +78,15 @@ def main() -> None:
         command = [str(Path(sys.executable).parent / "bhd-app"), str(bids), str(out), "participant", "-w", str(work),
                    "--nprocs", "1", "--skip-bids-validation"]
         started, peak = time.monotonic(), 0
+        seen: list[str] = []  # workflow nodes in the order their folders appeared
+        by_node: dict[str, int] = {}
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         while process.poll() is None:
-            peak = max(peak, tree_rss(process.pid))
+            rss = tree_rss(process.pid)
+            peak = max(peak, rss)
+            seen += [n for n in NODES if n not in seen and any(work.rglob(n))]
+            node = seen[-1] if seen else "startup"
+            by_node[node] = max(by_node.get(node, 0), rss)
             time.sleep(0.1)
         wall = time.monotonic() - started
         if process.returncode != 0:
@@ -89,6 +97,7 @@ def main() -> None:
     print(f"# {time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} CPU cores")
     print(f"input {' x '.join(map(str, args.shape))} float32 ({voxels * 4 / 2**20:.0f} MiB); job wall {wall:.0f} s; "
           f"peak RSS of the process tree {peak / 2**30:.2f} GiB = {peak / voxels:.1f} bytes per input voxel")
+    print("peak RSS while each node ran (GiB):", {n: round(v / 2**30, 2) for n, v in by_node.items()})
     if timings:
         print("preprocessing steps (s):", timings)
 

@@ -226,13 +226,15 @@ def measure_image(record: dict, target_quantiles: np.ndarray) -> dict[str, dict]
     return out
 
 
-def pair_agreement(record_a: dict, record_b: dict, quantiles_a: np.ndarray, quantiles_b: np.ndarray) -> dict:
-    """(PSNR dB, SSIM) per version of one traveling pair: one rigid transform, from the preprocessed images,
-    moves every version of the second image onto the first; scored in the overlap of the brain masks."""
+def pair_agreement(record_a: dict, record_b: dict, quantiles_a: np.ndarray, quantiles_b: np.ndarray,
+                   schedule: str = "QuickRigid") -> dict:
+    """(PSNR dB, SSIM) per version of one traveling pair: one rigid transform (``rigid_transform``'s ANTs
+    ``schedule``), from the preprocessed images, moves every version of the second image onto the first; scored in
+    the overlap of the brain masks."""
     from .site_effects import apply_transform, rigid_transform, traveling_agreement
 
     (images_a, mask_a), (images_b, mask_b) = image_versions(record_a, quantiles_a), image_versions(record_b, quantiles_b)
-    transforms = rigid_transform(images_a["before"], images_b["before"])
+    transforms = rigid_transform(images_a["before"], images_b["before"], schedule=schedule)
     try:
         overlap = mask_a & (apply_transform(images_a["before"], mask_b, transforms, nearest=True) > 0.5)
         return {c: traveling_agreement(images_a[c], apply_transform(images_a[c], images_b[c], transforms), overlap)

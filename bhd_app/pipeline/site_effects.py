@@ -218,15 +218,16 @@ def site_classifier(features: np.ndarray, scanners: list[str], seed: int = 0, pe
     return out | {"accuracy": observed, "p": (1 + exceeded) / (1 + permutations)}
 
 
-def rigid_transform(fixed: np.ndarray, moving: np.ndarray, seed: int = 0) -> list[str]:
+def rigid_transform(fixed: np.ndarray, moving: np.ndarray, seed: int = 0, schedule: str = "QuickRigid") -> list[str]:
     """ANTs rigid registration of ``moving`` onto ``fixed`` (both on the grid); the forward transform files.
 
-    The images are already affinely in template space, so the short schedule (``QuickRigid``) is used.
+    The images are already affinely in template space, so ANTs' short schedule (``QuickRigid``) is the default;
+    ``benchmarks/bench_group.py --rigid`` compares it with the full one (``Rigid``).
     """
     import ants
 
     reg = ants.registration(ants.from_numpy(np.asarray(fixed, np.float32)),
-                            ants.from_numpy(np.asarray(moving, np.float32)), type_of_transform="QuickRigid",
+                            ants.from_numpy(np.asarray(moving, np.float32)), type_of_transform=schedule,
                             random_seed=seed)
     return reg["fwdtransforms"]
 
