@@ -52,6 +52,8 @@ def derivative_path(out_dir: str | Path, job: Job, *, space: str | None = None, 
     not name the contrast it came from (a mask, a segmentation) gets it in ``desc`` when it comes
     from a T2w, since BIDS has no entity for it: ``desc-brain`` -> ``desc-brainT2w``.
     ``datatype="figures"`` gives ``sub-X/figures/`` (no session folder), as the NiPreps do.
+    Not pybids' ``build_path``: the derivative path patterns it ships (pybids 0.22 ``derivatives.json``) have no
+    ``res`` or ``run`` for anatomical images and no pattern for transforms (``from``/``to``/``mode``).
     """
     if job.suffix != "T1w" and job.suffix not in (suffix, from_, to):
         desc = f"{desc or ''}{job.suffix}"
