@@ -235,8 +235,7 @@ def _settings(requested, method, fallback, stripped, stripped_given, contrast, s
         extraction["fallback_from"] = fallback
     return {
         "contrast": contrast,
-        "bias_correction": {"method": "N4 (antspyx) on every k-th voxel, its field interpolated to all voxels",
-                            "shrink_factor": shrink, **bias.N4,
+        "bias_correction": {"method": "N4 (antspyx)", "shrink_factor": shrink, **bias.N4,
                             "mask": "nonzero voxels" if stripped else "head (head_mask)"},
         "brain_extraction": extraction,
         "registration": {"method": "antspyx antsRegistration", "template": TEMPLATE_SPACE, "transform": "Affine",
