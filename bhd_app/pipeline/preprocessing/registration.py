@@ -27,6 +27,11 @@ AFFINE = {
 }
 
 
+def affine_settings() -> dict:
+    """AFFINE as JSON (tuples as lists), for the sidecars and the workflow's cache key."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in AFFINE.items()}
+
+
 @lru_cache(maxsize=1)
 def template_ants():
     """(template T1, brain mask, brain mask dilated) as ANTs images; the mask is T1 > 0 (brain-only T1)."""

@@ -212,8 +212,7 @@ def step_settings() -> dict[str, Any]:
     preprocessing node, so that nipype's cache redoes the node when they change (it hashes a node's inputs only)."""
     from ... import __version__
 
-    affine = {k: list(v) if isinstance(v, tuple) else v for k, v in registration.AFFINE.items()}
-    return {"bhd": __version__, "n4": dict(bias.N4), "registration": affine,
+    return {"bhd": __version__, "n4": dict(bias.N4), "registration": registration.affine_settings(),
             "deepbet_input_shape": list(brain.DEEPBET_SHAPE)}
 
 
@@ -240,7 +239,7 @@ def _settings(requested, method, fallback, stripped, stripped_given, contrast, s
         "brain_extraction": extraction,
         "registration": {"method": "antspyx antsRegistration", "template": TEMPLATE_SPACE, "transform": "Affine",
                          "moving": "N4 image x brain mask", "initialization": "centres of mass",
-                         **{k: list(v) if isinstance(v, tuple) else v for k, v in registration.AFFINE.items()}},
+                         **registration.affine_settings()},
         "resampling": {"grid_shape": list(grid.shape), "grid_spacing_mm": list(grid.spacing),
                        "image": "linear", "mask": "linear, >= 0.5"},
         "normalization": {"method": "percentile min-max inside the brain, clipped to [0, 1], 0 outside",
