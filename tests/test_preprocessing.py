@@ -225,14 +225,12 @@ def test_deepbet_at_its_own_input_size_is_deepbets_run(shared_data, monkeypatch)
     """Oracle: at deepbet's own 256^3 input, extract_brain_deepbet is deepbet's ``run`` voxel for voxel, on a
     head stored in PSR order (so the reorientation to RAS and back is exercised); at DEEPBET_SHAPE the mask
     stays within Dice 0.98 of it."""
-    from deepbet.bet import BrainExtraction
-
     from bhd_app.pipeline.preprocessing import brain
 
     img = load_anatomical(shared_data / "IXI/IXI013-HH-1212-T1_ds.nii.gz")
     assert nib.aff2axcodes(img.affine) != ("R", "A", "S")
     data = img.get_fdata(dtype=np.float32)
-    _, reference, _ = BrainExtraction().run(nib.Nifti1Image(data, img.affine))
+    _, reference, _ = brain._deepbet_model().run(nib.Nifti1Image(data, img.affine))  # deepbet's BrainExtraction
     reference = np.asarray(reference.dataobj) > 0
     shipped = brain.extract_brain_deepbet(data, img.affine)
     monkeypatch.setattr(brain, "DEEPBET_SHAPE", (256, 256, 256))
